@@ -1,0 +1,43 @@
+"""The CLI boundary: one place where cordwatch errors become exit codes and one-line messages."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from registry.errors import CordwatchError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Set by the root callback (``cordwatch --traceback ...``).
+SETTINGS: dict[str, bool] = {"traceback": False}
+
+
+def command(fn: F) -> F:
+    """Wrap a CLI command: CordwatchError -> ``cordwatch: error: <file>: <problem>`` + exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CordwatchError as err:
+            if SETTINGS["traceback"]:
+                raise
+            typer.echo(f"cordwatch: error: {err}", err=True)
+            raise typer.Exit(err.exit_code) from err
+        except KeyboardInterrupt:
+            typer.echo("cordwatch: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(obj: Any) -> None:
+    """Machine-readable output for CI: one JSON document on stdout."""
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=str)
+    sys.stdout.write("\n")
