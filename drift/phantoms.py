@@ -473,7 +473,7 @@ class PhantomSubject:
     disc_labels: np.ndarray  # uint8, one voxel per disc on the cord centre (C2/C3 = 3)
     images: dict[str, np.ndarray]  # contrast -> float32 image (integer-valued)
     true_area: np.ndarray  # float64 (nz,) analytic perpendicular CSA, NaN without cord
-    slice_levels: np.ndarray  # int (nz,) level at the slice centre, 0 without cord
+    slice_levels: np.ndarray  # int (nz,) level per slice (disc N+1's slice is in N), 0: none
     centerline_mm: np.ndarray  # (nz, 2) x, y of the centre per slice, voxel-frame mm
     tangent: np.ndarray  # (nz, 3) unit centerline tangent per slice (mm, RPI)
     csf_fraction: np.ndarray  # float32 partial volume of CSF (canal minus cord)
@@ -599,6 +599,25 @@ def _render(
     return np.round(np.hypot(real, imag) * _IMAGE_SCALE).astype(np.float32)
 
 
+def _disc_slice(z_mm: float, pz: float) -> int:
+    """Slice holding a disc at height ``z_mm`` (nearest slice centre, halves round up)."""
+    return int(np.floor(z_mm / pz + 0.5))
+
+
+def _slice_levels(geom: CordGeometry, nz: int, pz: float, has_cord: np.ndarray) -> np.ndarray:
+    """Level of every slice, as SCT and PAM50_levels discretise it from disc slices.
+
+    Level N spans the slices from disc N+1's slice (included) up to disc N's (excluded); above
+    the C1/C2 disc it is C1, below the T1/T2 disc T2, and 0 on slices without cord. So levels
+    from the labelled segmentation and from the disc labels agree slice by slice.
+    """
+    k = np.arange(nz)
+    levels = np.ones(nz, dtype=np.int64)  # C1 above the C1/C2 disc
+    for n in range(2, 10):
+        levels += k < _disc_slice(geom.disc_z_mm[n], pz)
+    return np.where(has_cord, levels, 0)
+
+
 def make_subject(
     index: int,
     seed: int = 0,
@@ -640,11 +659,7 @@ def make_subject(
     tissue = np.clip(1.0 - canal, 0.0, 1.0).astype(np.float32)
 
     z = np.arange(nz) * pz
-    # Level at the slice centre; an end slice that the cord only partly fills takes the level
-    # of the cord's end, so that every cord voxel carries a level.
-    has_cord = soft.any(axis=(0, 1))
-    levels = geom.level(np.clip(z, geom.cord_bottom_mm, geom.cord_top_mm))
-    levels = np.where(has_cord, levels, 0).astype(np.int64)
+    levels = _slice_levels(geom, nz, pz, np.asarray(soft.any(axis=(0, 1))))
     # A slice has a true perpendicular area only when its whole slab lies inside the cord.
     whole = geom.contains_cord(z - pz / 2) & geom.contains_cord(z + pz / 2)
     true_area = np.where(whole, geom.area(z), np.nan).astype(np.float64)
@@ -656,7 +671,7 @@ def make_subject(
     labeled = (binary * levels[None, None, :].astype(np.uint8)).astype(np.uint8)
     discs = np.zeros(shape3, dtype=np.uint8)
     for n, zd in geom.disc_z_mm.items():
-        k = round(zd / pz)
+        k = _disc_slice(zd, pz)
         if 0 <= k < nz:
             cx, cy = geom.center(zd)
             i, j = round(float(cx) / px), round(float(cy) / py)

@@ -240,14 +240,29 @@ def test_labeled_seg_and_disc_labels_agree(subjects) -> None:
         # Discs go down the cord: disc N is above disc N+1.
         assert all(disc_slice[n] > disc_slice[n + 1] for n in range(2, 9))
         for n in range(2, 9):
-            between = np.arange(disc_slice[n + 1] + 1, disc_slice[n])
-            assert between.size > 10
-            assert np.all(s.slice_levels[between] == n)
-            labels = s.labeled_seg[:, :, between]
+            # SCT / PAM50_levels discretisation: from disc N+1's slice up to disc N's, excluded.
+            level_n = np.arange(disc_slice[n + 1], disc_slice[n])
+            assert level_n.size > 10
+            assert np.all(s.slice_levels[level_n] == n)
+            labels = s.labeled_seg[:, :, level_n]
             assert set(np.unique(labels).tolist()) == {0, n}
+            # The analytic disc heights agree with the disc voxels to half a slice.
+            assert abs(s.geometry.disc_z_mm[n] / s.spacing[2] - disc_slice[n]) <= 0.5
         # The partial levels at both ends.
-        assert np.all(s.slice_levels[disc_slice[2] + 1 :] == 1)
+        assert np.all(s.slice_levels[disc_slice[2] :] == 1)
         assert np.all(s.slice_levels[: disc_slice[9]] == 9)
+
+
+def test_levels_agree_with_the_level_readers(subjects) -> None:
+    # What the morphometry reads back from either file is the phantom's own level table.
+    levels = pytest.importorskip("drift.levels")
+    for s in subjects:
+        from_labels = levels.slice_levels_from_labeled(s.labeled_seg)
+        assert np.array_equal(from_labels, s.slice_levels)
+        from_discs = levels.slice_levels_from_discs(s.disc_labels)
+        inside = from_discs > 0  # between the first and the last disc
+        assert inside.sum() > 100
+        assert np.array_equal(from_discs[inside], s.slice_levels[inside])
 
 
 def test_level_lengths_are_realistic(subjects) -> None:
