@@ -16,6 +16,7 @@ import pandas as pd
 
 from drift.morphometry import METRIC_COLUMNS
 
+MAX_DISC = 25  # the L5/S1 disc
 _PREFIXES = (("C", 1, 7), ("T", 8, 19), ("L", 20, 24))
 
 
@@ -69,7 +70,8 @@ def disc_positions(discs: np.ndarray) -> dict[int, float]:
     coords = np.nonzero(discs)
     values = discs[coords].astype(int)
     z = coords[2]
-    return {int(v): float(z[values == v].mean()) for v in np.unique(values) if v > 0}
+    # Values above 25 are landmarks, not discs (SCT: 49, 50 = pontomedullary junction, 60).
+    return {int(v): float(z[values == v].mean()) for v in np.unique(values) if 0 < v <= MAX_DISC}
 
 
 def slice_levels_from_discs(discs: np.ndarray) -> np.ndarray:

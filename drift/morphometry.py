@@ -10,7 +10,8 @@ with the literature, with two documented departures where SCT is measurably wron
   keep the model's absolute partial-volume values.
 * A slice whose mask (thresholded at 0.5) has two or more in-plane connected components
   (8-connectivity) gets NaN for every metric, as SCT intends.
-* Centerline: the mean (x, y) of the non-zero voxels of each slice, smoothed by a cubic
+* Centerline: the mean (x, y) of the non-zero voxels of each slice (slices with several
+  components left out), smoothed by a cubic
   smoothing spline with SCT's smoothing factor ``s = (n / len(zref))**2 * 30 * pz / 3``; its
   derivative gives the tangent ``t = [dx/dz * px, dy/dz * py, pz]`` (mm).
 * ``angle_AP = atan2(t_x, t_z)``, ``angle_RL = atan2(t_y, t_z)`` (degrees).
@@ -242,13 +243,20 @@ def slice_metrics(
         scale = np.divide(1.0, slice_max, out=np.zeros(nz, np.float32), where=slice_max > 0)
         sub = sub * scale[None, None, :]
 
-    # Centerline from the unweighted centre of the non-zero voxels, per slice.
+    # Components on the native grid, as SCT checks them.
+    n_comp = _component_counts(sub > 0.5)
+    result["n_components"] = n_comp
+
+    # Centerline from the unweighted centre of the non-zero voxels, per slice. Slices with
+    # several components are left out of the fit: a stray blob would tilt the tangent (and so
+    # the area) of the clean slices around it.
     ix, iy, iz = np.nonzero(present)
     counts = np.bincount(iz, minlength=nz)
-    z_cord = np.flatnonzero(counts)
+    z_all = np.flatnonzero(counts)
+    z_cord = z_all[n_comp[z_all] < 2] if np.any(n_comp[z_all] < 2) else z_all
     cx = np.bincount(iz, weights=ix, minlength=nz)[z_cord] / counts[z_cord] + x0
     cy = np.bincount(iz, weights=iy, minlength=nz)[z_cord] / counts[z_cord] + y0
-    zref = np.arange(z_cord[0], z_cord[-1] + 1)
+    zref = np.arange(z_all[0], z_all[-1] + 1)
     tangent = centerline_tangents(z_cord.astype(float), cx, cy, zref.astype(float), (px, py, pz))
     correction = correction_factors(tangent, angle_correction)
 
@@ -257,10 +265,6 @@ def slice_metrics(
     result.loc[rows, "angle_RL"] = np.degrees(np.arctan2(tangent[:, 1], tangent[:, 2]))
     result.loc[rows, "area"] = sub.sum(axis=(0, 1), dtype=np.float64)[rows] * px * py * correction
     result.loc[rows, "length"] = pz / correction
-
-    # Components on the native grid, as SCT checks them.
-    n_comp = _component_counts(sub > 0.5)
-    result["n_components"] = n_comp
 
     # Equivalent ellipse of the slice thresholded at 0.5 after SCT's 5x bilinear in-plane
     # upsampling (binary masks would otherwise give 4-5 % diameter errors at 0.8 mm).
@@ -303,7 +307,9 @@ def slice_metrics(
     empty = np.ones(nz, dtype=bool)
     empty[rows] = ~ok
 
-    # SCT: no metric at all on a slice whose mask splits into several pieces, or is empty.
-    invalid = (n_comp >= 2) | empty
-    result.loc[invalid, list(METRIC_COLUMNS)] = np.nan
+    # SCT: no metric at all on a slice whose mask splits into several pieces. A slice with no
+    # voxel above 0.5 (possible only with normalize=False) keeps its area but has no shape.
+    result.loc[n_comp >= 2, list(METRIC_COLUMNS)] = np.nan
+    shape_cols = ["diameter_AP", "diameter_RL", "eccentricity", "orientation", "solidity"]
+    result.loc[empty, shape_cols] = np.nan
     return result
