@@ -1,0 +1,879 @@
+"""Paired comparison of two morphometrics tables: how far did the candidate model move the cord?
+
+Pure functions on pandas tables (no files, MLflow, NIfTI or CLI here). The input is the
+"tidy" morphometrics table of :mod:`drift.sctcsv`: one row per (subject, contrast, level,
+slice) with columns ``subject`` (str), ``contrast`` (str), ``level`` (int, SCT numbering
+1=C1 .. 7=C7, 8=T1 .. 19=T12, 20=L1 .. 24=L5), optionally ``slice`` (int; the PAM50 slice
+when PAM50-normalised, else the native slice) and float metric columns (``area``,
+``diameter_AP``, ...; NaN allowed). A table without ``slice`` holds one row per level.
+
+How the two versions are paired, and what is the statistical unit
+-----------------------------------------------------------------
+1. Each version's *level mean* is the mean of the metric over the finite slices of one
+   (subject, contrast, level), as ``sct_process_segmentation -perlevel`` reports it.
+2. Level means are paired on (subject, contrast, level). A pair counts only when both values
+   are finite and > 0 (ratios and logs of CSA and diameters need positive values).
+3. The pair's log-ratio is ``log(candidate / baseline)``. Contrasts of one subject are not
+   independent (same cord, same day), so the *subject* is the statistical unit: a subject's
+   log-ratio is the mean of its contrasts' log-ratios, its level value per version is the
+   mean over the same contrasts. With the same contrasts for every subject (the usual frozen
+   cohort) the scaling factor equals the geometric mean over all (subject, contrast) pairs;
+   with unbalanced contrasts every subject weighs the same.
+4. Scaling factor = ``exp(mean of subject log-ratios)`` (geometric mean of the ratios of
+   level means). Its 95 % CI is a percentile bootstrap resampling *subjects* (a cluster
+   bootstrap over contrasts), seeded, vectorised over resamples.
+5. TOST (two one-sided t-tests) on the subject log-ratios against the equivalence band
+   ``[log(1 - m), log(1 + m)]`` for margin ``m`` (a fraction: 0.01 = ±1 %); its p-value is the
+   larger of the two one-sided p-values, so ``p < alpha`` exactly when the ``1 - 2 alpha``
+   t-interval of the geometric mean lies inside ``[1 - m, 1 + m]``.
+6. Paired Wilcoxon signed-rank test on the subject log-ratios (H0: median ratio 1).
+7. Bland-Altman on the subject level values: bias = mean(candidate - baseline) and limits of
+   agreement bias ± 1.96 SD (metric units), and the same on the percent difference
+   ``100 (c - b) / ((c + b) / 2)``.
+8. ICC(A,1) (McGraw & Wong 1996; = Shrout & Fleiss ICC(2,1)) on the (subject x version)
+   matrix of subject level values: two-way, absolute agreement, single measure.
+9. The prior art's slice-wise ratio (needs ``slice``): pair slices on (subject, contrast,
+   level, slice); ``slicewise_mean_ratio`` = mean over all pairs of the slice ratio;
+   ``slicewise_cov`` = coefficient of variation (%, SD with ddof=1) across the level's slices
+   of the per-slice mean ratio ("nearly constant among slices").
+10. Per-contrast breakdown: items 4-8 restricted to one contrast.
+11. Within-subject spread across contrasts, per version: CoV (%, ddof=1) of a subject's level
+    means over its paired contrasts (subjects with >= 2), averaged over subjects.
+12. Outlier subjects: ``|d - median(d)| > max(k * 1.4826 * MAD(d), floor)`` on subject
+    log-ratios ``d`` (k = 3.5, the Iglewicz-Hoaglin modified z-score rule; the floor, 0.1 %,
+    keeps rounding noise from flagging anyone when all ratios are equal).
+13. Ground truth (optional tidy table from manual segmentations): percent error of each
+    version's level means against it. Dice (optional table ``subject, contrast, version,
+    dice`` with version ``baseline``/``candidate``): summary per version.
+
+Everything is returned as tables in a :class:`Comparison`; :mod:`drift.policy` turns it into
+a verdict and JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from registry.errors import InputError
+
+#: Metrics measured on a ratio scale (positive, zero means nothing): the only ones a scaling
+#: factor makes sense for. Angles and orientation can be zero or negative and are excluded.
+RATIO_METRICS: tuple[str, ...] = (
+    "area",
+    "diameter_AP",
+    "diameter_RL",
+    "eccentricity",
+    "solidity",
+    "length",
+    "diameter_AP_ellipse",
+    "length_anterior",
+    "length_posterior",
+)
+#: Metrics compared when none are named (those the default policy gates).
+DEFAULT_METRICS: tuple[str, ...] = ("area", "diameter_AP", "diameter_RL")
+#: TOST margins (fractions) used when none are given: the default policy's fail margins.
+DEFAULT_MARGINS: Mapping[str, float] = {"area": 0.01, "diameter_AP": 0.02, "diameter_RL": 0.02}
+#: Units of the metrics (for reports).
+METRIC_UNITS: Mapping[str, str] = {
+    "area": "mm²",
+    "diameter_AP": "mm",
+    "diameter_RL": "mm",
+    "diameter_AP_ellipse": "mm",
+    "length": "mm",
+    "length_anterior": "mm",
+    "length_posterior": "mm",
+    "eccentricity": "",
+    "solidity": "",
+}
+KEYS: tuple[str, ...] = ("subject", "contrast", "level")
+SLICE_KEYS: tuple[str, ...] = (*KEYS, "slice")
+VERSIONS: tuple[str, str] = ("baseline", "candidate")
+
+_LEVEL_PREFIXES: tuple[tuple[int, int, str], ...] = (
+    (1, 7, "C"),
+    (8, 19, "T"),
+    (20, 24, "L"),
+    (25, 29, "S"),
+)
+_MAD_SCALE = 1.4826  # MAD -> SD for normal data
+_Z975 = 1.959963984540054
+
+
+def level_name(level: int) -> str:
+    """SCT's vertebral level number -> its name.
+
+    >>> [level_name(n) for n in (1, 7, 8, 19, 20, 24)]
+    ['C1', 'C7', 'T1', 'T12', 'L1', 'L5']
+    """
+    n = int(level)
+    for first, last, prefix in _LEVEL_PREFIXES:
+        if first <= n <= last:
+            return f"{prefix}{n - first + 1}"
+    raise ValueError(f"no vertebral level numbered {level!r} (SCT numbering is 1=C1 .. 24=L5)")
+
+
+def level_number(name: str) -> int:
+    """A level name (``C3``, ``t1``) -> SCT's level number.
+
+    >>> level_number("C2"), level_number("T1"), level_number("L5")
+    (2, 8, 24)
+    """
+    text = str(name).strip().upper()
+    for first, last, prefix in _LEVEL_PREFIXES:
+        if text.startswith(prefix) and text[1:].isdigit():
+            n = first + int(text[1:]) - 1
+            if first <= n <= last:
+                return n
+    raise ValueError(f"not a vertebral level name: {name!r} (expected C1..C7, T1..T12, L1..L5)")
+
+
+# --------------------------------------------------------------------------------------------
+# Small statistics on arrays (each usable alone)
+# --------------------------------------------------------------------------------------------
+
+
+def bootstrap_mean_ci(
+    values: np.ndarray, *, n_boot: int = 2000, seed: int | Sequence[int] = 0, cl: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` (one row of resample indices per
+    resample, all resamples at once: no Python loop).
+
+    >>> lo, hi = bootstrap_mean_ci(np.array([1.0, 2.0, 3.0, 4.0]), seed=1)
+    >>> 1.0 <= lo < 2.5 < hi <= 4.0
+    True
+    """
+    x = np.asarray(values, dtype=float)
+    n = x.size
+    if n == 0:
+        return math.nan, math.nan
+    if n == 1:
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    means = x[idx].mean(axis=1)
+    tail = (1.0 - cl) / 2.0
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
+    return float(lo), float(hi)
+
+
+def tost_pvalue(mean: float, se: float, df: float, margin: float) -> float:
+    """TOST p-value for a log-ratio mean against the band ``[log(1-margin), log(1+margin)]``.
+
+    ``mean``, ``se`` and ``df`` are the mean log-ratio, its standard error and the degrees of
+    freedom (n - 1). The p-value is ``max(p_lower, p_upper)`` of the two one-sided t-tests
+    (H0: mean <= log(1-margin); H0: mean >= log(1+margin)). With ``se == 0`` (all ratios
+    equal) it is 0 inside the band and 1 on or outside it.
+
+    >>> tost_pvalue(0.0, 0.001, 30, 0.01) < 1e-9
+    True
+    >>> round(tost_pvalue(math.log(1.01), 0.001, 30, 0.01), 3)  # estimate on the bound
+    0.5
+    >>> tost_pvalue(math.log(0.98), 0.0, 30, 0.01)
+    1.0
+    """
+    if not (np.isfinite(mean) and np.isfinite(se) and df >= 1 and 0 < margin < 1):
+        return math.nan
+    lo, hi = math.log(1.0 - margin), math.log(1.0 + margin)
+    if se == 0:
+        return 0.0 if lo < mean < hi else 1.0
+    p_lower = float(stats.t.sf((mean - lo) / se, df))
+    p_upper = float(stats.t.cdf((mean - hi) / se, df))
+    return max(p_lower, p_upper)
+
+
+def wilcoxon_pvalue(log_ratios: np.ndarray) -> float:
+    """Two-sided paired Wilcoxon signed-rank p-value of ``log(c/b)`` against 0.
+
+    All-zero differences (identical versions) give 1.0; fewer than 2 values give NaN.
+
+    >>> wilcoxon_pvalue(np.zeros(10))
+    1.0
+    >>> wilcoxon_pvalue(np.linspace(0.01, 0.02, 12)) < 0.001
+    True
+    """
+    d = np.asarray(log_ratios, dtype=float)
+    if d.size < 2:
+        return math.nan
+    if np.all(d == 0):
+        return 1.0
+    return float(stats.wilcoxon(d, zero_method="wilcox").pvalue)
+
+
+@dataclass(frozen=True)
+class BlandAltman:
+    """Bland-Altman agreement of paired measurements (``candidate - baseline``)."""
+
+    bias: float
+    loa: tuple[float, float]
+    bias_pct: float
+    loa_pct: tuple[float, float]
+
+
+def bland_altman(baseline: np.ndarray, candidate: np.ndarray) -> BlandAltman:
+    """Bias and 95 % limits of agreement (bias ± 1.96 SD, SD with ddof=1), in the metric's
+    units and in percent of the pair mean.
+
+    >>> ba = bland_altman(np.array([10.0, 20.0, 30.0]), np.array([11.0, 21.0, 31.0]))
+    >>> ba.bias, ba.loa
+    (1.0, (1.0, 1.0))
+    """
+    b = np.asarray(baseline, dtype=float)
+    c = np.asarray(candidate, dtype=float)
+    if b.size < 2:
+        nan2 = (math.nan, math.nan)
+        return BlandAltman(math.nan, nan2, math.nan, nan2)
+    diff = c - b
+    pct = 100.0 * diff / ((c + b) / 2.0)
+    bias, sd = float(diff.mean()), float(diff.std(ddof=1))
+    bias_p, sd_p = float(pct.mean()), float(pct.std(ddof=1))
+    return BlandAltman(
+        bias,
+        (bias - _Z975 * sd, bias + _Z975 * sd),
+        bias_p,
+        (bias_p - _Z975 * sd_p, bias_p + _Z975 * sd_p),
+    )
+
+
+def icc_a1(ratings: np.ndarray) -> float:
+    """ICC(A,1): two-way model, absolute agreement, single measure (McGraw & Wong 1996, case
+    A,1; the same number as Shrout & Fleiss 1979 ICC(2,1)).
+
+    ``ratings`` is an (n targets x k raters) array without NaN; here targets are subjects and
+    raters the two model versions. ``(MSR - MSE) / (MSR + (k-1) MSE + k (MSC - MSE) / n)``.
+
+    >>> icc_a1(np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]))
+    1.0
+    """
+    y = np.asarray(ratings, dtype=float)
+    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 2:
+        return math.nan
+    n, k = y.shape
+    grand = y.mean()
+    ss_rows = k * float(((y.mean(axis=1) - grand) ** 2).sum())
+    ss_cols = n * float(((y.mean(axis=0) - grand) ** 2).sum())
+    ss_err = float(((y - grand) ** 2).sum()) - ss_rows - ss_cols
+    msr = ss_rows / (n - 1)
+    msc = ss_cols / (k - 1)
+    mse = max(ss_err, 0.0) / ((n - 1) * (k - 1))
+    denom = msr + (k - 1) * mse + k * (msc - mse) / n
+    if denom <= 0:
+        return math.nan
+    return float((msr - mse) / denom)
+
+
+def robust_outliers(
+    values: np.ndarray, *, k: float = 3.5, floor: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flag values far from the median: ``|x - median| > max(k * 1.4826 * MAD, floor)``.
+
+    Returns (mask, robust z = (x - median) / (1.4826 MAD), inf where MAD is 0 and x differs).
+
+    >>> mask, z = robust_outliers(np.array([0.0, 0.001, -0.001, 0.0005, 0.2]))
+    >>> mask.tolist()
+    [False, False, False, False, True]
+    """
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return np.zeros(0, dtype=bool), np.zeros(0)
+    med = float(np.median(x))
+    dev = x - med
+    mad = _MAD_SCALE * float(np.median(np.abs(dev)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(dev == 0, 0.0, dev / mad) if mad > 0 else np.where(dev == 0, 0.0, np.inf)
+    mask = np.abs(dev) > max(k * mad, floor)
+    return mask, np.sign(dev) * np.abs(z)
+
+
+# --------------------------------------------------------------------------------------------
+# Table preparation
+# --------------------------------------------------------------------------------------------
+
+
+def _check_table(table: pd.DataFrame, name: str) -> None:
+    if not isinstance(table, pd.DataFrame):
+        raise InputError(f"{name} table: expected a pandas DataFrame, got {type(table).__name__}")
+    missing = [c for c in KEYS if c not in table.columns]
+    if missing:
+        raise InputError(f"{name} table: missing column(s) {missing}")
+    keys = list(SLICE_KEYS if "slice" in table.columns else KEYS)
+    dup = table.duplicated(keys)
+    if dup.any():
+        first = table.loc[dup, keys].iloc[0].tolist()
+        raise InputError(
+            f"{name} table: {int(dup.sum())} duplicated ({', '.join(keys)}) row(s), e.g. {first}"
+        )
+
+
+def level_means(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Mean of each metric over the finite slices of every (subject, contrast, level).
+
+    >>> t = pd.DataFrame({"subject": ["s1"] * 3, "contrast": ["T2w"] * 3, "level": [2, 2, 3],
+    ...                   "slice": [1, 2, 3], "area": [70.0, np.nan, 80.0]})
+    >>> level_means(t, ["area"])["area"].tolist()
+    [70.0, 80.0]
+    """
+    cols = [m for m in metrics if m in table.columns]
+    data = table[[*KEYS, *cols]].copy()
+    data["level"] = data["level"].astype(int)
+    data["subject"] = data["subject"].astype(str)
+    data["contrast"] = data["contrast"].astype(str)
+    for m in cols:
+        data[m] = pd.to_numeric(data[m], errors="coerce").astype(float)
+    return data.groupby(list(KEYS), sort=True, observed=True)[cols].mean().reset_index()
+
+
+def _valid(x: pd.Series) -> pd.Series:
+    return np.isfinite(x) & (x > 0)
+
+
+def paired_level_means(
+    baseline_means: pd.DataFrame, candidate_means: pd.DataFrame, metrics: Sequence[str]
+) -> pd.DataFrame:
+    """Long table of paired level means: one row per (metric, subject, contrast, level) where
+    both versions have a finite, positive value; columns ``metric, subject, contrast, level,
+    baseline, candidate, log_ratio``."""
+    merged = baseline_means.merge(
+        candidate_means, on=list(KEYS), how="inner", suffixes=("@b", "@c")
+    )
+    parts = []
+    for m in metrics:
+        b, c = merged[f"{m}@b"], merged[f"{m}@c"]
+        ok = _valid(b) & _valid(c)
+        part = merged.loc[ok, list(KEYS)].copy()
+        part.insert(0, "metric", m)
+        part["baseline"] = b[ok].to_numpy()
+        part["candidate"] = c[ok].to_numpy()
+        parts.append(part)
+    out = pd.concat(parts, ignore_index=True) if parts else _empty_pairs()
+    out["log_ratio"] = np.log(out["candidate"] / out["baseline"])
+    return out
+
+
+def _empty_pairs() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "metric": pd.Series(dtype=str),
+            "subject": pd.Series(dtype=str),
+            "contrast": pd.Series(dtype=str),
+            "level": pd.Series(dtype=int),
+            "baseline": pd.Series(dtype=float),
+            "candidate": pd.Series(dtype=float),
+        }
+    )
+
+
+def subject_pairs(pairs: pd.DataFrame, by: Sequence[str] = ("metric", "level")) -> pd.DataFrame:
+    """Collapse contrasts: one row per (``by``..., subject) with the mean log-ratio and the
+    mean level value of each version over the subject's paired contrasts."""
+    keys = [*by, "subject"]
+    g = pairs.groupby(keys, sort=True, observed=True)
+    out = g[["baseline", "candidate", "log_ratio"]].mean()
+    out["n_contrasts"] = g.size()
+    return out.reset_index()
+
+
+def paired_slices(
+    baseline: pd.DataFrame, candidate: pd.DataFrame, metrics: Sequence[str]
+) -> pd.DataFrame:
+    """Long table of paired slices (both finite and > 0): ``metric, subject, contrast, level,
+    slice, ratio``. Empty when either table has no ``slice`` column."""
+    if "slice" not in baseline.columns or "slice" not in candidate.columns:
+        return pd.DataFrame(columns=["metric", *SLICE_KEYS, "ratio"])
+    cols = [m for m in metrics if m in baseline.columns and m in candidate.columns]
+    b = baseline[[*SLICE_KEYS, *cols]]
+    c = candidate[[*SLICE_KEYS, *cols]]
+    merged = b.merge(c, on=list(SLICE_KEYS), how="inner", suffixes=("@b", "@c"))
+    parts = []
+    for m in cols:
+        vb = pd.to_numeric(merged[f"{m}@b"], errors="coerce").astype(float)
+        vc = pd.to_numeric(merged[f"{m}@c"], errors="coerce").astype(float)
+        ok = _valid(vb) & _valid(vc)
+        part = merged.loc[ok, list(SLICE_KEYS)].copy()
+        part.insert(0, "metric", m)
+        part["ratio"] = (vc[ok] / vb[ok]).to_numpy()
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=["metric", *SLICE_KEYS, "ratio"])
+    return pd.concat(parts, ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Grouped statistics
+# --------------------------------------------------------------------------------------------
+
+
+def _seed_for(seed: int, *parts: object) -> list[int]:
+    # A stable seed per group, independent of which other groups exist or their order.
+    return [int(seed), zlib.crc32("|".join(map(str, parts)).encode())]
+
+
+_PAIRED_STAT_COLUMNS: tuple[str, ...] = (
+    "n_subjects",
+    "scaling_factor",
+    "ci95_low",
+    "ci95_high",
+    "log_mean",
+    "log_sd",
+    "log_se",
+    "tost_margin",
+    "tost_p",
+    "tost_ci_low",
+    "tost_ci_high",
+    "wilcoxon_p",
+    "ba_bias",
+    "ba_loa_low",
+    "ba_loa_high",
+    "ba_bias_pct",
+    "ba_loa_pct_low",
+    "ba_loa_pct_high",
+    "icc",
+    "baseline_mean",
+    "candidate_mean",
+)
+
+
+def paired_stats(
+    subj: pd.DataFrame,
+    *,
+    margin: float | None,
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    seed: int | Sequence[int] = 0,
+) -> dict[str, float]:
+    """All paired statistics of one group of subject rows (columns ``baseline``,
+    ``candidate``, ``log_ratio``): scaling factor and CI, TOST, Wilcoxon, Bland-Altman, ICC."""
+    d = subj["log_ratio"].to_numpy(dtype=float)
+    n = d.size
+    mean = float(d.mean()) if n else math.nan
+    sd = float(d.std(ddof=1)) if n > 1 else math.nan
+    se = sd / math.sqrt(n) if n > 1 else math.nan
+    lo, hi = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed)
+    if n > 1:
+        half = float(stats.t.ppf(1.0 - alpha, n - 1)) * se
+        ci90 = (math.exp(mean - half), math.exp(mean + half))
+    else:
+        ci90 = (math.nan, math.nan)
+    b = subj["baseline"].to_numpy(dtype=float)
+    c = subj["candidate"].to_numpy(dtype=float)
+    ba = bland_altman(b, c)
+    return {
+        "n_subjects": n,
+        "scaling_factor": math.exp(mean) if n else math.nan,
+        "ci95_low": math.exp(lo) if n else math.nan,
+        "ci95_high": math.exp(hi) if n else math.nan,
+        "log_mean": mean,
+        "log_sd": sd,
+        "log_se": se,
+        "tost_margin": margin if margin is not None else math.nan,
+        "tost_p": tost_pvalue(mean, se, n - 1, margin) if margin is not None else math.nan,
+        "tost_ci_low": ci90[0],
+        "tost_ci_high": ci90[1],
+        "wilcoxon_p": wilcoxon_pvalue(d),
+        "ba_bias": ba.bias,
+        "ba_loa_low": ba.loa[0],
+        "ba_loa_high": ba.loa[1],
+        "ba_bias_pct": ba.bias_pct,
+        "ba_loa_pct_low": ba.loa_pct[0],
+        "ba_loa_pct_high": ba.loa_pct[1],
+        "icc": icc_a1(np.column_stack([b, c])) if n > 1 else math.nan,
+        "baseline_mean": float(b.mean()) if n else math.nan,
+        "candidate_mean": float(c.mean()) if n else math.nan,
+    }
+
+
+def slicewise_ratios(slices: pd.DataFrame, by: Sequence[str] = ("metric", "level")) -> pd.DataFrame:
+    """Prior art's slice-wise statistics per group: ``slicewise_mean_ratio`` (mean over all
+    paired (subject, contrast, slice) of the slice ratio), ``slicewise_cov`` (CoV in %, ddof=1,
+    across the group's slices of the per-slice mean ratio) and ``n_slices``."""
+    cols = [*by, "slicewise_mean_ratio", "slicewise_cov", "n_slices"]
+    if slices.empty:
+        return pd.DataFrame(columns=cols)
+    keys = list(by)
+    mean_ratio = slices.groupby(keys, observed=True)["ratio"].mean().rename("slicewise_mean_ratio")
+    per_slice = slices.groupby([*keys, "slice"], observed=True)["ratio"].mean()
+    g = per_slice.groupby(level=list(range(len(keys))), observed=True)
+    cov = (100.0 * g.std(ddof=1) / g.mean()).rename("slicewise_cov")
+    n_slices = g.size().rename("n_slices")
+    return pd.concat([mean_ratio, cov, n_slices], axis=1).reset_index()[cols]
+
+
+def slice_profile(slices: pd.DataFrame) -> pd.DataFrame:
+    """Scaling factor along the slice axis (the PAM50 axis when PAM50-normalised): one row
+    per (metric, slice) with ``level`` (the slice's most frequent level), ``n`` pairs,
+    ``scaling_factor`` (geometric mean of the slice ratios) and ``q025``/``q975`` (2.5 and
+    97.5 percentiles of the ratios: the spread across subjects, not a CI)."""
+    cols = ["metric", "slice", "level", "n", "scaling_factor", "q025", "q975"]
+    if slices.empty:
+        return pd.DataFrame(columns=cols)
+    s = slices.assign(log_ratio=np.log(slices["ratio"]))
+    g = s.groupby(["metric", "slice"], observed=True)
+    out = pd.DataFrame({"n": g.size(), "scaling_factor": np.exp(g["log_ratio"].mean())})
+    q = g["ratio"].quantile([0.025, 0.975]).unstack()
+    out["q025"], out["q975"] = q[0.025], q[0.975]
+    counts = s.groupby(["metric", "slice", "level"], observed=True).size().rename("k")
+    top = counts.reset_index().sort_values(["metric", "slice", "k"], ascending=[True, True, False])
+    top = top.drop_duplicates(["metric", "slice"]).set_index(["metric", "slice"])["level"]
+    out["level"] = top
+    return out.reset_index()[cols]
+
+
+def contrast_spread(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Within-subject spread of level means across contrasts, per version: for every
+    (metric, level, subject) with >= 2 paired contrasts the CoV (%, ddof=1) of its level means;
+    summarised per (metric, level, version) as ``n_subjects``, ``mean_cov_pct``,
+    ``median_cov_pct``."""
+    cols = ["metric", "level", "version", "n_subjects", "mean_cov_pct", "median_cov_pct"]
+    if pairs.empty:
+        return pd.DataFrame(columns=cols)
+    g = pairs.groupby(["metric", "level", "subject"], observed=True)
+    n = g.size()
+    rows = []
+    for version in VERSIONS:
+        cov = 100.0 * g[version].std(ddof=1) / g[version].mean()
+        cov = cov[n >= 2]
+        if cov.empty:
+            continue
+        gg = cov.groupby(level=["metric", "level"], observed=True)
+        part = pd.DataFrame(
+            {"n_subjects": gg.size(), "mean_cov_pct": gg.mean(), "median_cov_pct": gg.median()}
+        ).reset_index()
+        part["version"] = version
+        rows.append(part)
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(rows, ignore_index=True)[cols].sort_values(["metric", "level", "version"])
+
+
+def outlier_subjects(subj: pd.DataFrame, *, k: float = 3.5, floor: float = 1e-3) -> pd.DataFrame:
+    """Subjects whose log-ratio is far from the others' in their (metric, level): columns
+    ``metric, level, subject, ratio, robust_z`` (see :func:`robust_outliers`)."""
+    cols = ["metric", "level", "subject", "ratio", "robust_z"]
+    found = []
+    for (metric, level), grp in subj.groupby(["metric", "level"], sort=True, observed=True):
+        mask, z = robust_outliers(grp["log_ratio"].to_numpy(), k=k, floor=floor)
+        if mask.any():
+            hit = grp.loc[mask, ["subject", "log_ratio"]]
+            found.append(
+                pd.DataFrame(
+                    {
+                        "metric": metric,
+                        "level": level,
+                        "subject": hit["subject"].to_numpy(),
+                        "ratio": np.exp(hit["log_ratio"].to_numpy()),
+                        "robust_z": z[mask],
+                    }
+                )
+            )
+    if not found:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(found, ignore_index=True)[cols]
+
+
+def ground_truth_errors(
+    baseline_means: pd.DataFrame,
+    candidate_means: pd.DataFrame,
+    truth_means: pd.DataFrame,
+    metrics: Sequence[str],
+) -> pd.DataFrame:
+    """Percent error of each version's level means against ground truth, paired on (subject,
+    contrast, level): per (metric, level, version) ``n``, ``mean_error_pct`` (signed),
+    ``mean_abs_error_pct``, ``sd_error_pct``."""
+    rows = []
+    for version, vm in zip(VERSIONS, (baseline_means, candidate_means), strict=True):
+        pairs = paired_level_means(truth_means, vm, metrics)
+        if pairs.empty:
+            continue
+        pairs["err"] = 100.0 * (pairs["candidate"] / pairs["baseline"] - 1.0)
+        g = pairs.groupby(["metric", "level"], observed=True)["err"]
+        part = pd.DataFrame(
+            {
+                "n": g.size(),
+                "mean_error_pct": g.mean(),
+                "mean_abs_error_pct": g.apply(lambda e: float(np.abs(e).mean())),
+                "sd_error_pct": g.std(ddof=1),
+            }
+        ).reset_index()
+        part["version"] = version
+        rows.append(part)
+    cols = ["metric", "level", "version", "n", "mean_error_pct", "mean_abs_error_pct"]
+    cols.append("sd_error_pct")
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(rows, ignore_index=True)[cols]
+
+
+def dice_summary(dice: pd.DataFrame) -> pd.DataFrame:
+    """Per version (``baseline``/``candidate``): ``n``, ``mean``, ``median``, ``min`` Dice and
+    the subject with the lowest. Input columns: ``subject, contrast, version, dice``."""
+    missing = [c for c in ("subject", "contrast", "version", "dice") if c not in dice.columns]
+    if missing:
+        raise InputError(f"dice table: missing column(s) {missing}")
+    bad = sorted(set(dice["version"].astype(str)) - set(VERSIONS))
+    if bad:
+        raise InputError(f"dice table: version must be 'baseline' or 'candidate', got {bad}")
+    d = dice.assign(dice=pd.to_numeric(dice["dice"], errors="coerce"))
+    d = d[np.isfinite(d["dice"])]
+    rows = []
+    for version, grp in d.groupby("version", sort=True):
+        worst = grp.loc[grp["dice"].idxmin()]
+        rows.append(
+            {
+                "version": version,
+                "n": len(grp),
+                "mean": float(grp["dice"].mean()),
+                "median": float(grp["dice"].median()),
+                "min": float(grp["dice"].min()),
+                "min_subject": str(worst["subject"]),
+                "min_contrast": str(worst["contrast"]),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=["version", "n", "mean", "median", "min", "min_subject", "min_contrast"],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The whole comparison
+# --------------------------------------------------------------------------------------------
+
+
+#: Columns of :attr:`Comparison.levels`, in order.
+LEVEL_COLUMNS: tuple[str, ...] = (
+    "metric",
+    "level",
+    "level_name",
+    "n_subjects",
+    "n_pairs",
+    "n_baseline",
+    "n_baseline_subjects",
+    "coverage",
+    *_PAIRED_STAT_COLUMNS[1:],
+    "slicewise_mean_ratio",
+    "slicewise_cov",
+    "n_slices",
+)
+
+
+def _per_contrast_stats(
+    pairs: pd.DataFrame,
+    levels: pd.DataFrame,
+    *,
+    margins: Mapping[str, float],
+    alpha: float,
+    n_boot: int,
+    seed: int,
+) -> pd.DataFrame:
+    """:func:`paired_stats` per (metric, contrast, level); within one contrast a subject has
+    one pair, which is its own subject row."""
+    contrasts = pairs["contrast"].unique()
+    if len(contrasts) == 1:
+        # A single contrast: the breakdown is the level table itself (same pairs, same numbers).
+        cols = ["metric", "level", *_PAIRED_STAT_COLUMNS]
+        out = levels.loc[levels["n_subjects"] > 0, cols].copy()
+        out.insert(1, "contrast", str(contrasts[0]))
+    else:
+        rows = []
+        for (metric, contrast, level), grp in pairs.groupby(
+            ["metric", "contrast", "level"], sort=True, observed=True
+        ):
+            row = {"metric": metric, "contrast": contrast, "level": int(level)}
+            row.update(
+                paired_stats(
+                    grp,
+                    margin=margins.get(metric),
+                    alpha=alpha,
+                    n_boot=n_boot,
+                    seed=_seed_for(seed, metric, contrast, level),
+                )
+            )
+            rows.append(row)
+        out = pd.DataFrame(rows, columns=["metric", "contrast", "level", *_PAIRED_STAT_COLUMNS])
+    out = out.reset_index(drop=True)
+    out.insert(3, "level_name", out["level"].map(level_name))
+    return out
+
+
+@dataclass
+class Comparison:
+    """Everything :func:`compare_tables` measured, as tables (levels are SCT numbers).
+
+    ``levels``: one row per (metric, level) with ``n_subjects`` (paired subjects),
+    ``n_pairs`` (paired (subject, contrast)), ``n_baseline`` / ``n_baseline_subjects``
+    (baseline (subject, contrast) / subjects with a valid value), ``coverage``
+    (n_pairs / n_baseline), ``scaling_factor``, ``ci95_low``/``ci95_high``, ``log_mean``,
+    ``log_sd``, ``log_se``, ``tost_margin``, ``tost_p``, ``tost_ci_low``/``tost_ci_high``
+    (the 1 - 2 alpha t-interval of the factor), ``wilcoxon_p``, ``ba_bias``,
+    ``ba_loa_low``/``ba_loa_high``, ``ba_bias_pct``, ``ba_loa_pct_low``/``ba_loa_pct_high``,
+    ``icc``, ``baseline_mean``/``candidate_mean`` (mean of subject values),
+    ``slicewise_mean_ratio``, ``slicewise_cov`` (%), ``n_slices``.
+    ``per_contrast``: the same per (metric, contrast, level) (no slice-wise or coverage).
+    ``pairs``: paired level means per (metric, subject, contrast, level) with ``log_ratio``.
+    ``subjects``: per (metric, level, subject): contrast-averaged values and ``log_ratio``.
+    ``slice_profile``: per (metric, slice), see :func:`slice_profile`.
+    ``contrast_spread``, ``outliers``, ``ground_truth``, ``dice``: see the functions.
+    ``subject_sets``: sorted subject ids: ``common`` (in both tables), ``paired`` (with at
+    least one valid pair), ``baseline_only``, ``candidate_only``.
+    ``settings``: the parameters used (metrics, margins, alpha, n_boot, seed, outlier_k).
+    """
+
+    levels: pd.DataFrame
+    per_contrast: pd.DataFrame
+    pairs: pd.DataFrame
+    subjects: pd.DataFrame
+    slice_profile: pd.DataFrame
+    contrast_spread: pd.DataFrame
+    outliers: pd.DataFrame
+    ground_truth: pd.DataFrame | None
+    dice: pd.DataFrame | None
+    subject_sets: dict[str, list[str]]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> list[str]:
+        """The metrics compared, in the order asked for."""
+        return list(self.settings.get("metrics", []))
+
+    def level_row(self, metric: str, level: int) -> pd.Series | None:
+        """The ``levels`` row of one (metric, level), or None."""
+        hit = self.levels[(self.levels["metric"] == metric) & (self.levels["level"] == level)]
+        return None if hit.empty else hit.iloc[0]
+
+
+def compare_tables(
+    baseline: pd.DataFrame,
+    candidate: pd.DataFrame,
+    *,
+    metrics: Sequence[str] | None = None,
+    margins: Mapping[str, float] | None = None,
+    alpha: float = 0.05,
+    ground_truth: pd.DataFrame | None = None,
+    dice: pd.DataFrame | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    outlier_k: float = 3.5,
+) -> Comparison:
+    """Compare a candidate version's morphometrics with the baseline's (see the module doc).
+
+    ``metrics``: metric columns to compare (default: those of :data:`DEFAULT_METRICS` present
+    in both tables); each must be a ratio-scale metric (:data:`RATIO_METRICS`) present in
+    both. ``margins``: TOST margin per metric as a fraction (0.01 = ±1 %; default
+    :data:`DEFAULT_MARGINS`; a metric without one gets ``tost_p`` NaN). ``alpha``: for the
+    ``1 - 2 alpha`` TOST interval. ``ground_truth``: optional tidy table measured on the
+    reference segmentations. ``dice``: optional ``subject, contrast, version, dice`` table.
+    ``n_boot``/``seed``: subject bootstrap. ``outlier_k``: MAD multiplier for outliers.
+
+    Raises InputError when a table breaks the contract (missing key columns, duplicated rows,
+    a requested metric absent or not on a ratio scale).
+    """
+    _check_table(baseline, "baseline")
+    _check_table(candidate, "candidate")
+    if metrics is None:
+        metrics = [m for m in DEFAULT_METRICS if m in baseline and m in candidate]
+        if not metrics:
+            raise InputError(
+                f"baseline/candidate tables: none of the metrics {list(DEFAULT_METRICS)} in both"
+            )
+    metrics = list(dict.fromkeys(metrics))
+    for m in metrics:
+        if m not in RATIO_METRICS:
+            raise InputError(
+                f"metric {m!r} is not on a ratio scale (compare one of {list(RATIO_METRICS)})"
+            )
+        for name, t in (("baseline", baseline), ("candidate", candidate)):
+            if m not in t.columns:
+                raise InputError(f"{name} table: no {m!r} column")
+    margins = dict(DEFAULT_MARGINS if margins is None else margins)
+
+    bm = level_means(baseline, metrics)
+    cm = level_means(candidate, metrics)
+    pairs = paired_level_means(bm, cm, metrics)
+    subj = subject_pairs(pairs)
+
+    # Baseline coverage: how many of the baseline's valid measurements found a partner.
+    base_long = bm.melt(id_vars=list(KEYS), value_vars=metrics, var_name="metric")
+    base_long = base_long[_valid(base_long["value"])]
+    gb = base_long.groupby(["metric", "level"], observed=True)
+    coverage = pd.DataFrame(
+        {"n_baseline": gb.size(), "n_baseline_subjects": gb["subject"].nunique()}
+    )
+
+    level_rows = []
+    for (metric, level), grp in subj.groupby(["metric", "level"], sort=False, observed=True):
+        row = {"metric": metric, "level": int(level)}
+        row.update(
+            paired_stats(
+                grp,
+                margin=margins.get(metric),
+                alpha=alpha,
+                n_boot=n_boot,
+                seed=_seed_for(seed, metric, level),
+            )
+        )
+        level_rows.append(row)
+    levels = pd.DataFrame(level_rows, columns=["metric", "level", *_PAIRED_STAT_COLUMNS])
+    n_pairs = pairs.groupby(["metric", "level"], observed=True).size().rename("n_pairs")
+    levels = (
+        coverage.join(n_pairs, how="left")
+        .reset_index()
+        .merge(levels, on=["metric", "level"], how="left")
+    )
+    levels["n_pairs"] = levels["n_pairs"].fillna(0).astype(int)
+    levels["n_subjects"] = levels["n_subjects"].fillna(0).astype(int)
+    levels["coverage"] = levels["n_pairs"] / levels["n_baseline"]
+
+    slices = paired_slices(baseline, candidate, metrics)
+    sw = slicewise_ratios(slices)
+    levels = levels.merge(sw, on=["metric", "level"], how="left")
+    rank = levels["metric"].map({m: i for i, m in enumerate(metrics)})
+    levels = levels.assign(_rank=rank).sort_values(["_rank", "level"]).drop(columns="_rank")
+    levels["level_name"] = levels["level"].map(level_name)
+    levels = levels[list(LEVEL_COLUMNS)].reset_index(drop=True)
+
+    per_contrast = _per_contrast_stats(
+        pairs, levels, margins=margins, alpha=alpha, n_boot=n_boot, seed=seed
+    )
+
+    b_subjects = set(bm["subject"])
+    c_subjects = set(cm["subject"])
+    subject_sets = {
+        "common": sorted(b_subjects & c_subjects),
+        "paired": sorted(set(pairs["subject"])),
+        "baseline_only": sorted(b_subjects - c_subjects),
+        "candidate_only": sorted(c_subjects - b_subjects),
+    }
+
+    gt = None
+    if ground_truth is not None:
+        _check_table(ground_truth, "ground truth")
+        gm = level_means(ground_truth, metrics)
+        gt = ground_truth_errors(bm, cm, gm, [m for m in metrics if m in gm.columns])
+
+    return Comparison(
+        levels=levels,
+        per_contrast=per_contrast,
+        pairs=pairs,
+        subjects=subj,
+        slice_profile=slice_profile(slices),
+        contrast_spread=contrast_spread(pairs),
+        outliers=outlier_subjects(subj, k=outlier_k),
+        ground_truth=gt,
+        dice=None if dice is None else dice_summary(dice),
+        subject_sets=subject_sets,
+        settings={
+            "metrics": metrics,
+            "margins": {m: margins[m] for m in metrics if m in margins},
+            "alpha": alpha,
+            "n_boot": n_boot,
+            "seed": seed,
+            "outlier_k": outlier_k,
+        },
+    )
