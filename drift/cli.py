@@ -10,6 +10,7 @@ import typer
 
 from drift import __version__
 from drift.cli_common import SETTINGS
+from drift.cli_models import models_app
 from drift.cli_morphometry import morphometry
 
 app = typer.Typer(
@@ -41,6 +42,11 @@ def main(
 
 
 app.command("morphometry")(morphometry)
+app.add_typer(
+    models_app,
+    name="models",
+    help="Model registry: register, list, show, pull, promote, history, diff.",
+)
 
 if __name__ == "__main__":  # pragma: no cover
     app()
