@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-import numpy as np
-import pandas as pd
 import typer
 
 from drift import __version__
 from drift.cli_common import command
 from registry.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def parse_vert(text: str | None) -> tuple[int, int] | None:
@@ -44,6 +45,8 @@ def morphometry_table(
     angle_correction: str = "exact",
 ) -> pd.DataFrame:
     """Measure a segmentation file and aggregate as asked; returns SCT-named columns."""
+    import numpy as np
+
     from drift.levels import (
         aggregate,
         slice_levels_from_discs,
@@ -136,6 +139,7 @@ def morphometry(
 
 
 def _print_table(table: pd.DataFrame) -> None:
+    import numpy as np
     from rich.console import Console
     from rich.table import Table
 

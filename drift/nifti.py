@@ -76,7 +76,10 @@ def load_segmentation(path: str | Path) -> Volume:
             "(a labelled segmentation goes to --vertfile)",
             path,
         )
-    return Volume(data.astype(np.float32, copy=False), vol.spacing, vol.affine, vol.path)
+    # Integer masks stay integer (4x less memory); the morphometry crops before converting.
+    if data.dtype.kind == "f":
+        data = data.astype(np.float32, copy=False)
+    return Volume(data, vol.spacing, vol.affine, vol.path)
 
 
 def load_labels(path: str | Path, like: Volume) -> Volume:
@@ -99,4 +102,6 @@ def load_labels(path: str | Path, like: Volume) -> Volume:
         raise InputError("label values must not be negative", path)
     if not np.any(data > 0):
         raise InputError("label image is empty", path)
-    return Volume(data.astype(np.int32), vol.spacing, vol.affine, vol.path)
+    if data.dtype.kind == "f":
+        data = data.astype(np.int32)
+    return Volume(data, vol.spacing, vol.affine, vol.path)
