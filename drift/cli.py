@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 
 from drift import __version__
-from drift.cli_common import SETTINGS
+from drift.cli_common import SETTINGS, command
 from drift.cli_models import models_app
 from drift.cli_morphometry import morphometry
 
@@ -42,6 +42,48 @@ def main(
 
 
 app.command("morphometry")(morphometry)
+
+
+@app.command("demo")
+@command
+def demo(
+    subjects: int = typer.Option(10, "--subjects", help="Number of phantom subjects."),
+) -> None:
+    """Run the main job on embedded defaults: the phantom cohort, measured against truth."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from drift.demo import phantom_level_accuracy, summarise
+
+    summary = summarise(phantom_level_accuracy(subjects))
+    table = Table(title=f"Phantom cohort ({subjects} subjects, T2w): CSA per level, mm²")
+    for col in (
+        "level",
+        "n",
+        "true",
+        "soft exact",
+        "err %",
+        "soft sct",
+        "err %",
+        "binary",
+        "err %",
+    ):
+        table.add_column(col, justify="right")
+    for row in summary.itertuples():
+        table.add_row(
+            row.name,
+            str(row.n),
+            f"{row.true:.2f}",
+            f"{row.soft_exact:.2f}",
+            f"{row.soft_exact_err_pct:+.2f}",
+            f"{row.soft_sct:.2f}",
+            f"{row.soft_sct_err_pct:+.2f}",
+            f"{row.binary_exact:.2f}",
+            f"{row.binary_exact_err_pct:+.2f}",
+        )
+    Console(width=120).print(table)
+
+
 app.add_typer(
     models_app,
     name="models",
