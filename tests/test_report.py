@@ -1,0 +1,175 @@
+"""drift.report: self-contained HTML, Markdown summary, figures, numeric version order."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib import image as mpimg
+
+from drift import report
+from drift.policy import DriftResult, drift_result
+from registry.errors import InputError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tables(
+    scale_c4: float = 1.0, n_subjects: int = 10, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two contrasts x C2..T1 x 4 slices; candidate = baseline x 1 % noise, area C4 scaled."""
+    rng = np.random.default_rng(seed)
+    rows = [
+        (f"sub-{s:02d}", c, lev, (20 - lev) * 4 + k)
+        for s in range(n_subjects)
+        for c in ("T1w", "T2w")
+        for lev in range(2, 9)
+        for k in range(4)
+    ]
+    base = pd.DataFrame(rows, columns=["subject", "contrast", "level", "slice"])
+    size = np.exp(rng.normal(0, 0.1, n_subjects))[base["subject"].str[4:].astype(int)]
+    base["area"] = 75.0 * size * np.exp(rng.normal(0, 0.02, len(base)))
+    base["diameter_AP"] = 8.0 * np.sqrt(size)
+    base["diameter_RL"] = 12.0 * np.sqrt(size)
+    cand = base.copy()
+    cand["area"] *= np.exp(rng.normal(0, 0.003, len(base))) * np.where(
+        base["level"] == 4, scale_c4, 1.0
+    )
+    return base, cand
+
+
+@pytest.fixture(scope="module")
+def failing() -> tuple[DriftResult, pd.DataFrame, pd.DataFrame]:
+    base, cand = tables(scale_c4=0.97)
+    res = drift_result(base, cand, provenance={"baseline": "demo@1", "candidate": "demo@2"})
+    assert res.verdict == "fail"
+    return res, base, cand
+
+
+HISTORY = pd.DataFrame(
+    {
+        "version": ["v10", "v2", "v9", "v1"] * 2,
+        "level": [3] * 4 + ["C4"] * 4,
+        "area": [70.0, 72.0, 71.0, 73.0, 80.0, 82.0, 81.0, 83.0],
+    }
+)
+
+
+def test_history_is_ordered_by_version_number_not_text() -> None:
+    h = report.history_order(HISTORY)
+    assert h["version"].tolist() == ["v1", "v1", "v2", "v2", "v9", "v9", "v10", "v10"]
+    assert h["level_name"].tolist()[:2] == ["C3", "C4"]
+    ints = pd.DataFrame({"version": [10, 2, 1], "level": 3, "area": [1.0, 2.0, 3.0]})
+    assert report.history_order(ints)["version_number"].tolist() == [1, 2, 10]
+    with pytest.raises(InputError, match="'beta' is not a version number"):
+        report.history_order(pd.DataFrame({"version": ["beta"], "level": [3], "area": [1.0]}))
+    with pytest.raises(InputError, match="missing column"):
+        report.history_order(HISTORY.drop(columns="area"))
+
+
+def test_history_figure_puts_v10_after_v2() -> None:
+    fig = report.figure_history(HISTORY)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["v1", "v2", "v9", "v10"]
+    # The C3 line visits the versions in that order: 73, 72, 71, 70.
+    c3 = next(line for line in ax.get_lines() if line.get_label() == "C3")
+    assert list(c3.get_xdata()) == [0, 1, 2, 3]
+    assert list(c3.get_ydata()) == [73.0, 72.0, 71.0, 70.0]
+
+
+def test_write_report_files(tmp_path: Path, failing) -> None:
+    res, base, cand = failing
+    out = tmp_path / "report"
+    paths = report.write_report(
+        res, out, baseline_table=base, candidate_table=cand, history=HISTORY
+    )
+    assert {"html", "markdown", "json"} <= set(paths)
+    figs = {k: p for k, p in paths.items() if k.startswith("figure:")}
+    assert set(figs) == {
+        "figure:scaling_levels",
+        "figure:slice_profile",
+        "figure:bland_altman:area",
+        "figure:by_contrast:area",
+        "figure:history:area",
+    }
+    for p in paths.values():
+        assert p.is_file() and p.parent.is_relative_to(out)
+    for p in figs.values():
+        data = p.read_bytes()
+        assert data.startswith(PNG_MAGIC)
+        h, w, _ = mpimg.imread(io.BytesIO(data)).shape
+        assert w >= 300 and h >= 200
+    # No temp files left behind.
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    doc = json.loads(paths["json"].read_text())
+    assert doc == json.loads(json.dumps(res.to_dict()))
+
+
+def test_html_is_self_contained(tmp_path: Path, failing) -> None:
+    res, base, cand = failing
+    paths = report.write_report(res, tmp_path, baseline_table=base, candidate_table=cand)
+    page = paths["html"].read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    # Every image is inline; no external script, stylesheet, font or image.
+    srcs = re.findall(r"""src=['"]([^'"]*)""", page)
+    assert len(srcs) == 4 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    for s in srcs:
+        assert base64.b64decode(s.split(",", 1)[1]).startswith(PNG_MAGIC)
+    assert not re.search(r"""(href|src)=['"]?(https?:|//|/)""", page)
+    assert "<script" not in page and "<link" not in page
+    assert "class='verdict fail'" in page
+    assert re.search(r"area C4: scaling 0\.9[67]\d\d outside ±1\.0 %", page)
+    assert "demo@2" in page  # provenance
+
+
+def test_markdown_summary_verdict_first(failing) -> None:
+    res, _, _ = failing
+    md = report.markdown_summary(res, {"run": "ci-42"})
+    lines = md.splitlines()
+    assert lines[0] == "## cordwatch drift: ❌ FAIL"
+    assert lines[2].startswith("**Verdict: fail** — 1 failing")
+    fail_at = lines.index("### Failing conditions")
+    assert re.match(
+        r"- area C4: scaling 0\.9[67]\d\d outside ±1\.0 % \(TOST p=1 >= 0\.05\)$",
+        lines[fail_at + 2],
+    )
+    table = [ln for ln in lines if ln.startswith("| area |")]
+    assert [ln.split("|")[2].strip() for ln in table] == ["C2", "C3", "C4", "C5", "C6", "C7", "T1"]
+    c4 = next(ln for ln in table if "| C4 |" in ln)
+    assert c4.rstrip().endswith("| fail |")
+    assert "`ci-42`" in md and "`demo@1`" in md
+
+
+def test_passing_summary(tmp_path: Path) -> None:
+    base, cand = tables()
+    res = drift_result(base, cand)
+    md = report.markdown_summary(res)
+    assert md.splitlines()[0] == "## cordwatch drift: ✅ PASS"
+    assert "### Failing conditions" not in md
+
+
+def test_nothing_written_when_rendering_fails(tmp_path: Path, failing) -> None:
+    res, base, cand = failing
+    out = tmp_path / "never"
+    bad_history = HISTORY.assign(version=["x"] * len(HISTORY))
+    with pytest.raises(InputError):
+        report.write_report(
+            res, out, baseline_table=base, candidate_table=cand, history=bad_history
+        )
+    assert not out.exists()
+
+
+def test_write_json_is_strict_json(tmp_path: Path) -> None:
+    base, cand = tables(n_subjects=6)
+    res = drift_result(base, cand)
+    path = report.write_json(res, tmp_path / "r.json", provenance={"extra": Path("/x")})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    doc = json.loads(text)
+    assert doc["verdict"] == res.verdict and doc["provenance"]["extra"] == "/x"
