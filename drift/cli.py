@@ -10,6 +10,7 @@ import typer
 
 from drift import __version__
 from drift.cli_common import SETTINGS, command
+from drift.cli_drift import drift_app
 from drift.cli_models import models_app
 from drift.cli_morphometry import morphometry
 
@@ -89,6 +90,7 @@ app.add_typer(
     name="models",
     help="Model registry: register, list, show, pull, promote, history, diff.",
 )
+app.add_typer(drift_app, name="drift", help="Morphometric drift between two model versions.")
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,327 @@
+"""``cordwatch drift ...``: compare two model versions' morphometrics and gate the result.
+
+    cordwatch drift compare BASELINE_DIR CANDIDATE_DIR [--policy FILE] [--json OUT.json]
+                            [--report DIR]
+
+``compare`` reads two directories of per-subject SCT morphometry CSVs (``sub-XXX_*.csv``, e.g.
+PAM50-normalised per-slice files), pairs them by subject and contrast, and runs the drift
+statistics and the gate of :mod:`drift.compare` / :mod:`drift.policy`. ``check`` (registry,
+cohort, inference) is added to :data:`drift_app` by its own module and reuses
+:func:`print_result` and :func:`emit_result`.
+
+Exit codes: 0 pass or warn, 1 fail, 2 bad input (missing directory, no CSV, unreadable CSV,
+no paired subjects, invalid policy). Outputs (``--json``, ``--report``) are written only after
+everything was computed, each file atomically: an error leaves none behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import platform
+import re
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from drift import __version__
+from drift.cli_common import command
+from registry.errors import GateFailed, InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.console import Console
+
+    from drift.policy import DriftResult
+
+drift_app = typer.Typer(
+    help="Morphometric drift between two model versions: compare, gate, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_CSV_NAME = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_(.+))?\.csv$")
+
+
+def parse_csv_name(name: str) -> tuple[str, str] | None:
+    """``(subject, contrast)`` of a BIDS-ish CSV name, or None when it is not ``sub-*.csv``.
+
+    The contrast is every entity after the subject up to and including the first token
+    without a hyphen (the BIDS suffix); later tokens (``label-SC``, ``seg``, ``PAM50``) are
+    processing and ignored. Entities before the suffix stay, so MT-on and MT-off differ.
+
+    >>> parse_csv_name("sub-amu01_T2w_PAM50.csv")
+    ('sub-amu01', 'T2w')
+    >>> parse_csv_name("sub-01_acq-sag_T2w_label-SC_seg_perslice.csv")
+    ('sub-01', 'acq-sag_T2w')
+    >>> parse_csv_name("sub-01_flip-1_mt-on_MTS.csv")
+    ('sub-01', 'flip-1_mt-on_MTS')
+    >>> parse_csv_name("sub-01.csv"), parse_csv_name("participants.csv")
+    (('sub-01', 'unknown'), None)
+    """
+    m = _CSV_NAME.match(name)
+    if not m:
+        return None
+    subject, rest = m.group(1), m.group(2)
+    if not rest:
+        return subject, "unknown"
+    tokens = rest.split("_")
+    kept: list[str] = []
+    for tok in tokens:
+        kept.append(tok)
+        if "-" not in tok:
+            break
+    return subject, "_".join(kept)
+
+
+def read_csv_dir(directory: str | Path, role: str) -> tuple[pd.DataFrame, list[Path]]:
+    """All ``sub-*.csv`` of ``directory`` as one tidy table (see :mod:`drift.sctcsv`) and the
+    files read. ``role`` (``baseline``/``candidate``) only words the errors.
+
+    Raises InputError naming the directory (missing, no CSV) or the file (unreadable, or a
+    second file for the same subject and contrast).
+    """
+    import pandas as pd
+
+    from drift.sctcsv import read_sct_csv, sct_to_tidy
+
+    path = Path(directory)
+    if not path.is_dir():
+        raise InputError(f"{role} directory not found", path)
+    named = [(f, parse_csv_name(f.name)) for f in sorted(path.iterdir()) if f.is_file()]
+    found = [(f, key) for f, key in named if key is not None]
+    if not found:
+        raise InputError(f"no sub-*.csv morphometry files in the {role} directory", path)
+    seen: dict[tuple[str, str], Path] = {}
+    tables = []
+    for f, key in found:
+        if key in seen:
+            raise InputError(f"second file for {key[0]} {key[1]} (first: {seen[key].name})", f)
+        seen[key] = f
+        raw = read_sct_csv(f)
+        try:
+            tables.append(sct_to_tidy(raw, key[0], key[1]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(f"cannot read SCT morphometry ({err})", f) from err
+    return pd.concat(tables, ignore_index=True), [f for f, _ in found]
+
+
+def files_sha256(files: list[Path]) -> str:
+    """One sha256 over a set of files: of the sorted ``"<name> <sha256>\\n"`` lines."""
+    from registry.fsutil import sha256_file
+
+    lines = sorted(f"{f.name} {sha256_file(f)}\n" for f in files)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def git_commit() -> str | None:
+    """The commit of the cordwatch checkout, when it is one (provenance); else None."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def base_provenance() -> dict[str, Any]:
+    """What produced an output: cordwatch version and commit, Python, time (UTC)."""
+    import numpy
+    import pandas
+    import scipy
+
+    return {
+        "cordwatch_version": __version__,
+        "cordwatch_commit": git_commit(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "pandas": pandas.__version__,
+        "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _fmt(x: float, spec: str = ".4f") -> str:
+    import math
+
+    return "n/a" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def _fmt_p(p: float) -> str:
+    import math
+
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return "<0.0001" if p < 1e-4 else f"{p:.2g}"
+
+
+_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", None: "dim"}
+
+
+def print_result(result: DriftResult, console: Console, *, all_levels: bool = False) -> None:
+    """The rich table (metric, level, scaling, CI, TOST p, n, status), then the verdict and
+    the failing/warning conditions. Gated levels only unless ``all_levels``."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="Scaling factor per level (candidate / baseline)", title_justify="left")
+    for col in ("metric", "level"):
+        table.add_column(col)
+    for col in ("scaling", "95 % CI", "TOST p", "n"):
+        table.add_column(col, justify="right")
+    table.add_column("status")
+    for r in result.comparison.levels.to_dict("records"):
+        status = result.gate.status_of(r["metric"], r["level_name"])
+        if status is None and (not all_levels or r["n_subjects"] == 0):
+            continue
+        table.add_row(
+            r["metric"],
+            r["level_name"],
+            _fmt(r["scaling_factor"]),
+            f"{_fmt(r['ci95_low'])}-{_fmt(r['ci95_high'])}",
+            _fmt_p(r["tost_p"]),
+            str(r["n_subjects"]),
+            f"[{_STYLE[status]}]{status or 'not gated'}[/]",
+        )
+    console.print(table)
+    for c in result.gate.conditions:
+        if c.status in ("fail", "warn"):
+            # soft_wrap: one condition per line, whatever the terminal width (CI logs, grep).
+            console.print(
+                f"[{_STYLE[c.status]}]{c.status.upper()}[/] {escape(c.description)}",
+                soft_wrap=True,
+            )
+    sets = result.comparison.subject_sets
+    if sets["baseline_only"] or sets["candidate_only"]:
+        console.print(
+            f"unpaired subjects: {len(sets['baseline_only'])} baseline only, "
+            f"{len(sets['candidate_only'])} candidate only"
+        )
+    console.print(
+        f"verdict: [{_STYLE[result.verdict]}]{result.verdict.upper()}[/] "
+        f"({len(sets['paired'])} paired subjects, policy {result.provenance['policy_sha256'][:12]})"
+    )
+
+
+def emit_result(
+    result: DriftResult,
+    *,
+    json_out: Path | None,
+    report_dir: Path | None,
+    baseline_table: pd.DataFrame,
+    candidate_table: pd.DataFrame,
+    history: pd.DataFrame | None = None,
+    console: Console | None = None,
+) -> dict[str, Path]:
+    """Write ``--json`` and ``--report`` (report rendered fully before anything is written),
+    print where they are, and raise GateFailed (exit 1) when the verdict is fail."""
+    from drift import report
+
+    rendered = None
+    if report_dir is not None:
+        # Render first (the costly part that can fail), so that a failure writes nothing.
+        rendered = report.render_report(
+            result,
+            baseline_table=baseline_table,
+            candidate_table=candidate_table,
+            history=history,
+        )
+    written: dict[str, Path] = {}
+    if json_out is not None:
+        written["json"] = report.write_json(result, json_out)
+    if rendered is not None and report_dir is not None:
+        reported = report.write_rendered(rendered, report_dir)
+        written.update({k: v for k, v in reported.items() if k != "json"})
+        written["report_json"] = reported["json"]
+    if console is not None:
+        for key in ("json", "html", "markdown"):
+            if key in written:
+                console.print(f"{key}: {written[key]}")
+    if result.verdict == "fail":
+        n = len(result.gate.failing)
+        raise GateFailed(f"drift gate failed: {n} failing condition(s)")
+    return written
+
+
+@drift_app.command("compare")
+@command
+def compare(
+    baseline_dir: Path = typer.Argument(
+        ...,
+        metavar="BASELINE_DIR",
+        help="Directory of the baseline version's per-subject SCT CSVs (sub-XXX_*.csv).",
+        show_default=False,
+    ),
+    candidate_dir: Path = typer.Argument(
+        ...,
+        metavar="CANDIDATE_DIR",
+        help="Directory of the candidate version's per-subject SCT CSVs, paired by subject "
+        "and contrast with the baseline's.",
+        show_default=False,
+    ),
+    policy: Path | None = typer.Option(
+        None,
+        "--policy",
+        metavar="FILE",
+        help="Gate policy YAML (default: reference_data/policy.yaml: area ±1 % fail, "
+        "±0.5 % warn; diameters ±2 % / ±1 %).",
+    ),
+    json_out: Path | None = typer.Option(
+        None, "--json", metavar="OUT.json", help="Write the result as JSON (for CI) to this file."
+    ),
+    report_dir: Path | None = typer.Option(
+        None,
+        "--report",
+        metavar="DIR",
+        help="Write report.html (self-contained), summary.md, result.json and figures here.",
+    ),
+    all_levels: bool = typer.Option(
+        False, "--all-levels", help="Show every compared level in the table, not only gated ones."
+    ),
+) -> None:
+    """Compare two directories of SCT morphometry CSVs and gate the drift.
+
+    Exit 0 on pass or warn, 1 on fail, 2 on bad input.
+    """
+    from rich.console import Console
+
+    from drift.policy import drift_result, load_policy
+
+    console = Console()
+    pol = load_policy(policy)
+    baseline, b_files = read_csv_dir(baseline_dir, "baseline")
+    candidate, c_files = read_csv_dir(candidate_dir, "candidate")
+    b_subj = set(baseline["subject"])
+    if not b_subj & set(candidate["subject"]):
+        raise InputError(
+            f"no subject in common with the baseline directory {baseline_dir}", candidate_dir
+        )
+    prov: dict[str, Any] = {
+        "command": "cordwatch drift compare",
+        "baseline_dir": str(Path(baseline_dir).resolve()),
+        "candidate_dir": str(Path(candidate_dir).resolve()),
+        "baseline_files": len(b_files),
+        "candidate_files": len(c_files),
+        "baseline_files_sha256": files_sha256(b_files),
+        "candidate_files_sha256": files_sha256(c_files),
+        **base_provenance(),
+    }
+    result = drift_result(baseline, candidate, pol, provenance=prov)
+    print_result(result, console, all_levels=all_levels)
+    emit_result(
+        result,
+        json_out=json_out,
+        report_dir=report_dir,
+        baseline_table=baseline,
+        candidate_table=candidate,
+        console=console,
+    )
