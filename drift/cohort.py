@@ -297,7 +297,7 @@ def _manifest_digest(table_sha256: str, header_sha256: str) -> str:
     """sha256 naming a (table, header) pair.
 
     >>> _manifest_digest("a" * 64, "b" * 64)[:12]
-    '37ac6ae5c6e1'
+    'c47ec15e1ee8'
     """
     text = f"{FORMAT}\ntable {table_sha256}\nheader {header_sha256}\n"
     return hashlib.sha256(text.encode("ascii")).hexdigest()
