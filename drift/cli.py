@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from drift import __version__
+from drift.cli_cohort import cohort_app
 from drift.cli_common import SETTINGS, command
 from drift.cli_drift import drift_app
 from drift.cli_models import models_app
@@ -91,6 +92,7 @@ app.add_typer(
     help="Model registry: register, list, show, pull, promote, history, diff.",
 )
 app.add_typer(drift_app, name="drift", help="Morphometric drift between two model versions.")
+app.add_typer(cohort_app, name="cohort", help="Frozen cohort manifests: list, show, verify.")
 
 if __name__ == "__main__":  # pragma: no cover
     app()
