@@ -291,6 +291,8 @@ class Registry:
         if self._client is None:
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            # MLflow prints "View run ... at: URL" on stdout for server runs; stdout is ours.
+            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
             ensure_sqlite_store(self.settings)
             from mlflow import MlflowClient
 
