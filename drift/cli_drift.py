@@ -7,7 +7,7 @@
 PAM50-normalised per-slice files), pairs them by subject and contrast, and runs the drift
 statistics and the gate of :mod:`drift.compare` / :mod:`drift.policy`. ``check`` (registry,
 cohort, inference) is added to :data:`drift_app` by its own module and reuses
-:func:`print_result` and :func:`emit_result`.
+:func:`print_result`, :func:`emit_result` and :func:`raise_on_fail`.
 
 Exit codes: 0 pass or warn, 1 fail, 2 bad input (missing directory, no CSV, unreadable CSV,
 no paired subjects, invalid policy). Outputs (``--json``, ``--report``) are written only after
@@ -222,8 +222,10 @@ def emit_result(
     history: pd.DataFrame | None = None,
     console: Console | None = None,
 ) -> dict[str, Path]:
-    """Write ``--json`` and ``--report`` (report rendered fully before anything is written),
-    print where they are, and raise GateFailed (exit 1) when the verdict is fail."""
+    """Write ``--json`` and ``--report`` (the report is rendered fully before anything is
+    written, each file atomically) and print where they are. Returns the paths written, keyed
+    ``json`` (``--json``), ``html``, ``markdown``, ``report_json``, ``figure:<name>``. Call
+    :func:`raise_on_fail` afterwards for the exit code."""
     from drift import report
 
     rendered = None
@@ -246,10 +248,14 @@ def emit_result(
         for key in ("json", "html", "markdown"):
             if key in written:
                 console.print(f"{key}: {written[key]}")
+    return written
+
+
+def raise_on_fail(result: DriftResult) -> None:
+    """GateFailed (exit 1, one line on stderr) when the verdict is fail; else nothing."""
     if result.verdict == "fail":
         n = len(result.gate.failing)
         raise GateFailed(f"drift gate failed: {n} failing condition(s)")
-    return written
 
 
 @drift_app.command("compare")
@@ -325,3 +331,4 @@ def compare(
         candidate_table=candidate,
         console=console,
     )
+    raise_on_fail(result)

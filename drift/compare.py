@@ -297,19 +297,44 @@ def robust_outliers(
 # --------------------------------------------------------------------------------------------
 
 
-def _check_table(table: pd.DataFrame, name: str) -> None:
+def checked_table(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Validate a tidy table against the contract and return it ready for the comparison:
+    ``level`` as int, rows with level 0 (outside the labelled levels) dropped.
+
+    Raises InputError naming the table for a missing key column, a non-integer or
+    out-of-range level (valid: 0, 1..29), a non-integer slice, or duplicated rows.
+    """
     if not isinstance(table, pd.DataFrame):
         raise InputError(f"{name} table: expected a pandas DataFrame, got {type(table).__name__}")
     missing = [c for c in KEYS if c not in table.columns]
     if missing:
         raise InputError(f"{name} table: missing column(s) {missing}")
-    keys = list(SLICE_KEYS if "slice" in table.columns else KEYS)
-    dup = table.duplicated(keys)
+    for col in ("level", "slice"):
+        if col not in table.columns:
+            continue
+        values = pd.to_numeric(table[col], errors="coerce")
+        bad = ~(np.isfinite(values) & (values == np.round(values)))
+        if col == "level":
+            bad |= (values < 0) | (values > _LEVEL_PREFIXES[-1][1])
+        if bad.any():
+            example = table.loc[bad, col].iloc[0]
+            raise InputError(
+                f"{name} table: column {col!r} must hold integers"
+                + (" 0..29 (SCT level numbers)" if col == "level" else "")
+                + f"; {int(bad.sum())} row(s) do not, e.g. {example!r}"
+            )
+    out = table[table["level"].astype(int) != 0].copy()
+    out["level"] = out["level"].astype(int)
+    if "slice" in out.columns:
+        out["slice"] = out["slice"].astype(int)
+    keys = list(SLICE_KEYS if "slice" in out.columns else KEYS)
+    dup = out.duplicated(keys)
     if dup.any():
-        first = table.loc[dup, keys].iloc[0].tolist()
+        first = out.loc[dup, keys].iloc[0].tolist()
         raise InputError(
             f"{name} table: {int(dup.sum())} duplicated ({', '.join(keys)}) row(s), e.g. {first}"
         )
+    return out
 
 
 def level_means(table: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
@@ -771,11 +796,11 @@ def compare_tables(
     reference segmentations. ``dice``: optional ``subject, contrast, version, dice`` table.
     ``n_boot``/``seed``: subject bootstrap. ``outlier_k``: MAD multiplier for outliers.
 
-    Raises InputError when a table breaks the contract (missing key columns, duplicated rows,
-    a requested metric absent or not on a ratio scale).
+    Raises InputError when a table breaks the contract (see :func:`checked_table`) or a
+    requested metric is absent or not on a ratio scale.
     """
-    _check_table(baseline, "baseline")
-    _check_table(candidate, "candidate")
+    baseline = checked_table(baseline, "baseline")
+    candidate = checked_table(candidate, "candidate")
     if metrics is None:
         metrics = [m for m in DEFAULT_METRICS if m in baseline and m in candidate]
         if not metrics:
@@ -853,8 +878,7 @@ def compare_tables(
 
     gt = None
     if ground_truth is not None:
-        _check_table(ground_truth, "ground truth")
-        gm = level_means(ground_truth, metrics)
+        gm = level_means(checked_table(ground_truth, "ground truth"), metrics)
         gt = ground_truth_errors(bm, cm, gm, [m for m in metrics if m in gm.columns])
 
     return Comparison(

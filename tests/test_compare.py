@@ -421,11 +421,21 @@ def test_paired_stats_columns_are_documented() -> None:
     [
         (lambda t: t.drop(columns="level"), "missing column"),
         (lambda t: pd.concat([t, t.iloc[:1]]), "duplicated"),
+        (lambda t: t.assign(level=t["level"].astype(float).where(t.index > 3)), "'level' must"),
+        (lambda t: t.assign(level=t["level"] + 25), "'level' must hold integers 0..29"),
+        (lambda t: t.assign(slice=t["slice"] + 0.5), "'slice' must hold integers"),
     ],
 )
 def test_contract_violations_are_input_errors(cohort: pd.DataFrame, mutate, match: str) -> None:
     with pytest.raises(InputError, match=match):
         compare_tables(cohort, mutate(cohort))
+
+
+def test_level_zero_rows_are_outside_the_levels_and_dropped(cohort: pd.DataFrame) -> None:
+    extra = cohort[cohort["level"] == 2].assign(level=0, slice=lambda t: t["slice"] + 1000)
+    res = compare_tables(pd.concat([cohort, extra]), cohort)
+    assert 0 not in set(res.levels["level"])
+    assert (res.levels["scaling_factor"] == 1.0).all()
 
 
 def test_metrics_must_be_ratio_scale_and_present(cohort: pd.DataFrame) -> None:
