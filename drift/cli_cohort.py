@@ -98,8 +98,9 @@ def show(manifest: str = _MANIFEST, as_json: bool = _JSON) -> None:
     cohort = load_cohort(manifest)
     summary = cohort.summary()
     if cohort.is_generated:
-        root: str | None = str(resolve_root(cohort))
-        root_note = "generated on first use" if not Path(root).exists() else "generated"
+        cache = resolve_root(cohort)
+        root: str | None = str(cache)
+        root_note = "generated" if cache.exists() else "generated on first use"
     elif os.environ.get(COHORT_ROOT_ENV, "").strip():
         root, root_note = os.environ[COHORT_ROOT_ENV].strip(), f"from ${COHORT_ROOT_ENV}"
     else:

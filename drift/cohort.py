@@ -74,7 +74,7 @@ from typing import Any, Literal
 
 import yaml
 
-from registry.errors import InputError, IntegrityError
+from registry.errors import CordwatchError, InputError, IntegrityError
 from registry.fsutil import atomic_path, file_lock, sha256_file
 from registry.settings import cordwatch_home
 
@@ -697,6 +697,7 @@ def ensure_phantom_cohort(cohort: Cohort, home: str | Path | None = None) -> Pat
     if target.exists():
         return target
     parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
     with file_lock(parent / f".{cohort.name}.lock"):
         if target.exists():  # another process finished first
             return target
@@ -706,6 +707,8 @@ def ensure_phantom_cohort(cohort: Cohort, home: str | Path | None = None) -> Pat
         try:
             _generate_into(cohort, recipe, tmp)
             os.rename(tmp, target)
+        except OSError as err:  # disk full, permissions: infrastructure, exit 2
+            raise CordwatchError(f"cannot generate cohort {cohort.name!r}: {err}", target) from err
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
