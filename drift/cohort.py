@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -325,6 +326,8 @@ def find_manifest(ref: str | Path, directory: str | Path = COHORTS_DIR) -> Path:
     path = Path(ref).expanduser()
     if path.suffix in (".tsv", ".yaml") and path.is_file():
         return path.with_suffix(".tsv")
+    if not path.suffix and path.with_name(path.name + ".tsv").is_file():
+        return path.with_name(path.name + ".tsv")  # a stem: dir/phantom
     text = str(ref)
     if _NAME.fullmatch(text) and not text.endswith((".tsv", ".yaml")):
         shipped = Path(directory) / f"{text}.tsv"
@@ -467,7 +470,9 @@ def _read_rows(path: Path, payload: bytes) -> list[tuple[int, dict[str, str]]]:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as err:
         raise InputError(f"cohort table is not UTF-8 text: {err}", path) from err
-    reader = csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE, strict=True)
+    reader = csv.reader(
+        io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE, strict=True
+    )
     try:
         header = next(reader)
     except StopIteration:

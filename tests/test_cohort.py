@@ -263,7 +263,7 @@ def test_good_manifest_loads_from_table_or_header(tmp_path: Path) -> None:
     path = write_manifest(tmp_path, GOOD_TABLE)
     by_table = co.load_cohort(path)
     by_header = co.load_cohort(path.with_suffix(".yaml"))
-    assert by_table == by_header
+    assert by_table == by_header == co.load_cohort(tmp_path / "tiny")  # or the stem
     (item,) = by_table.items
     assert item.key == ID
     assert item.image.path == "sub-01/anat/sub-01_T2w.nii.gz"
@@ -271,6 +271,13 @@ def test_good_manifest_loads_from_table_or_header(tmp_path: Path) -> None:
     assert item.gt_seg is None and item.levels == item.disc_labels
     assert item.image.locate(tmp_path) == tmp_path / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
     assert not by_table.is_generated
+
+
+def test_crlf_table_and_blank_lines_are_read(tmp_path: Path) -> None:
+    crlf = GOOD_TABLE.replace("\n", "\r\n") + "\r\n"
+    cohort = co.load_cohort(write_manifest(tmp_path, crlf))
+    (item,) = cohort.items
+    assert item.disc_labels is not None and item.disc_labels.sha256 == SHA
 
 
 def test_manifest_sha256_covers_table_and_header(tmp_path: Path) -> None:
