@@ -689,6 +689,42 @@ def write_json(
     return path
 
 
+def render_report(
+    result: DriftResult,
+    *,
+    baseline_table: pd.DataFrame,
+    candidate_table: pd.DataFrame,
+    history: pd.DataFrame | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> dict[str, tuple[str, bytes]]:
+    """Everything :func:`write_report` writes, in memory: ``{key: (relative path, bytes)}``
+    with keys ``html`` (``report.html``), ``markdown`` (``summary.md``), ``json``
+    (``result.json``) and ``figure:<name>`` (``figures/<name>.png``)."""
+    figures = render_figures(
+        result, baseline_table=baseline_table, candidate_table=candidate_table, history=history
+    )
+    files = {
+        "html": ("report.html", html_report(result, figures, provenance).encode("utf-8")),
+        "markdown": ("summary.md", markdown_summary(result, provenance).encode("utf-8")),
+        "json": ("result.json", result_json(result, provenance).encode("utf-8")),
+    }
+    for key, png in figures.items():
+        files[f"figure:{key}"] = (f"figures/{key.replace(':', '_')}.png", png)
+    return files
+
+
+def write_rendered(
+    rendered: Mapping[str, tuple[str, bytes]], out_dir: str | Path
+) -> dict[str, Path]:
+    """Write a :func:`render_report` result into ``out_dir``, each file atomically."""
+    out = Path(out_dir)
+    written: dict[str, Path] = {}
+    for key, (rel, data) in rendered.items():
+        _write_bytes(out / rel, data)
+        written[key] = out / rel
+    return written
+
+
 def write_report(
     result: DriftResult,
     out_dir: str | Path,
@@ -700,30 +736,19 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``report.html`` (self-contained), ``summary.md``, ``result.json`` and the figures
     (``figures/<name>.png``) into ``out_dir``; return their paths keyed ``html``,
-    ``markdown``, ``json`` and ``figure:<name>``.
+    ``markdown``, ``json`` and ``figure:<name>`` (e.g. ``figure:scaling_levels``).
 
     Everything is rendered before anything is written, and every file is written atomically:
     an error leaves no partial file behind.
     """
-    figures = render_figures(
-        result, baseline_table=baseline_table, candidate_table=candidate_table, history=history
+    rendered = render_report(
+        result,
+        baseline_table=baseline_table,
+        candidate_table=candidate_table,
+        history=history,
+        provenance=provenance,
     )
-    page = html_report(result, figures, provenance)
-    summary = markdown_summary(result, provenance)
-    doc = result_json(result, provenance)
-    out = Path(out_dir)
-    files: dict[str, tuple[Path, bytes]] = {
-        "html": (out / "report.html", page.encode("utf-8")),
-        "markdown": (out / "summary.md", summary.encode("utf-8")),
-        "json": (out / "result.json", doc.encode("utf-8")),
-    }
-    for key, png in figures.items():
-        files[f"figure:{key}"] = (out / "figures" / f"{key.replace(':', '_')}.png", png)
-    written: dict[str, Path] = {}
-    for key, (path, data) in files.items():
-        _write_bytes(path, data)
-        written[key] = path
-    return written
+    return write_rendered(rendered, out_dir)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
