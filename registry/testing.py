@@ -264,7 +264,10 @@ def race_worker(uri: str, name: str, workdir: str, index: str) -> None:
     work = Path(workdir)
     pkg = make_package(work / f"pkg{index}", folds=("0",), size=64 * 1024, seed=1000 + int(index))
     reg = connect(uri, home=work / f"home{index}")
-    import mlflow.tracking  # noqa: F401 (warm-up, see docstring)
+    # warm-up (see docstring): the MLflow modules a registration needs, heavy on 2 cores
+    import mlflow.pyfunc
+    import mlflow.store.model_registry.sqlalchemy_store
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
     (work / f"ready{index}").touch()
     while not (work / "go").exists():
@@ -311,3 +314,34 @@ def race(
             }
         )
     return results
+
+
+def check_race(results: list[dict], uri: str, name: str, home: Path) -> None:
+    """Assert that every worker of :func:`race` succeeded with distinct, complete versions 1..N."""
+    from registry.api import connect
+    from registry.manifest import MANIFEST_NAME
+
+    for r in results:
+        if r["returncode"] != 0 or "Traceback" in r["stderr"] or "rror" in r["stderr"]:
+            raise AssertionError(f"worker failed (exit {r['returncode']}):\n{r['stderr'][-3000:]}")
+    mine = {r["result"]["version"]: r["result"] for r in results}
+    n = len(results)
+    if sorted(mine) != list(range(1, n + 1)):
+        raise AssertionError(f"versions {sorted(mine)} are not 1..{n}")
+    if len({r["sha256"] for r in mine.values()}) != n:
+        raise AssertionError("two workers report the same package")
+    reg = connect(uri, home=home)
+    versions = reg.list_versions(name)
+    if [v.version for v in versions] != list(range(1, n + 1)):
+        raise AssertionError(f"registry lists {[v.version for v in versions]}")
+    for v in versions:
+        theirs = mine[v.version]
+        if (v.sha256, v.run_id) != (theirs["sha256"], theirs["run_id"]):
+            raise AssertionError(f"{v.ref} holds another worker's package")
+        if v.description != f"worker {theirs['index']}":
+            raise AssertionError(f"{v.ref}: description {v.description!r}")
+        folder = reg.pull(v.ref)  # complete: every file present and verified
+        if not (folder / MANIFEST_NAME).is_file():
+            raise AssertionError(f"{v.ref}: no manifest after pull")
+        if (folder / "fold_0" / "checkpoint_final.pth").stat().st_size != 64 * 1024:
+            raise AssertionError(f"{v.ref}: checkpoint size")
