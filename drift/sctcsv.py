@@ -95,16 +95,8 @@ def read_sct_csv(path: str | Path) -> pd.DataFrame:
 
 
 def _level_numbers(values: pd.Series) -> pd.Series:
-    # VertLevel holds "3" per slice/level, "2:4" for a range, or nothing.
-    def parse(v: object) -> float:
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            return np.nan
-        text = str(v).strip()
-        if not text or ":" in text or "," in text:
-            return np.nan
-        return float(text)
-
-    return values.map(parse)
+    """VertLevel holds "3" per slice/level, "2:4" for a range, or nothing; ranges -> NaN."""
+    return pd.to_numeric(values.astype(str).str.strip(), errors="coerce")
 
 
 def sct_to_tidy(df: pd.DataFrame, subject: str, contrast: str) -> pd.DataFrame:
