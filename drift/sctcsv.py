@@ -16,7 +16,6 @@ import datetime as _dt
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from registry.errors import InputError
