@@ -43,6 +43,7 @@ import contextlib
 import getpass
 import os
 import random
+import re
 import shutil
 import tempfile
 import threading
@@ -73,7 +74,8 @@ from registry.settings import RegistrySettings, ensure_sqlite_store, resolve_set
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.entities import Run
+    from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
 #: Tag written by the drift check; ``pass`` lets ``promote`` move a gated alias.
 VERDICT_TAG = "cordwatch.drift.verdict"
@@ -85,6 +87,10 @@ PACKAGE_ARTIFACT = f"{MODEL_PATH}/artifacts/package"
 MANIFEST_ARTIFACT = f"{MODEL_PATH}/artifacts/{MANIFEST_NAME}"
 EXPERIMENT_PREFIX = "cordwatch-models/"
 _KIND_TAG = "cordwatch.kind"
+_NETWORK_CAUSE = re.compile(
+    r"(Connection refused|Name or service not known|Temporary failure in name resolution|"
+    r"timed out|certificate verify failed|Connection reset by peer)"
+)
 _MAX_REASON = 5000
 
 
@@ -265,6 +271,10 @@ def _mlflow_errors(subject: str, uri: str) -> Iterator[None]:
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise RegistryError(f"not found in {uri}: {_first_line(err.message)}", subject) from err
+        if "API request to" in err.message and "failed with exception" in err.message:
+            cause = _NETWORK_CAUSE.search(err.message)
+            why = cause.group(1) if cause else "connection failed"
+            raise RegistryError(f"cannot reach the registry server ({why})", uri) from err
         raise RegistryError(f"{_first_line(err.message)} (registry {uri})", subject) from err
     except OSError as err:
         raise RegistryError(f"storage error: {err} (registry {uri})", subject) from err
@@ -427,7 +437,7 @@ class Registry:
     def list_models(self) -> list[ModelSummary]:
         """Every registered model, by name."""
         with self._errors(self.settings.uri):
-            models = []
+            models: list[RegisteredModel] = []
             token = None
             while True:
                 page = self.client.search_registered_models(max_results=1000, page_token=token)
@@ -462,7 +472,7 @@ class Registry:
             exp = self.client.get_experiment_by_name(EXPERIMENT_PREFIX + name)
             if exp is None:
                 return []
-            runs = []
+            runs: list[Run] = []
             token = None
             while True:
                 page = self.client.search_runs(
@@ -514,7 +524,9 @@ class Registry:
             with self._errors(info.ref):
                 run_id = str(info.run_id)
                 package = self.client.download_artifacts(run_id, PACKAGE_ARTIFACT, str(work / "dl"))
-                manifest = self.client.download_artifacts(run_id, MANIFEST_ARTIFACT, str(work / "dm"))
+                manifest = self.client.download_artifacts(
+                    run_id, MANIFEST_ARTIFACT, str(work / "dm")
+                )
             os.rename(package, entry)
             os.rename(manifest, entry / MANIFEST_NAME)
             try:
