@@ -213,6 +213,7 @@ def mlflow_server(
     workers: int = 2,
     env: Mapping[str, str] | None = None,
     timeout: float = 120,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[str]:
     """Run ``mlflow server`` (proxied artifacts) on 127.0.0.1; yield its URL; stop it by PID."""
     port = free_port()
@@ -221,7 +222,7 @@ def mlflow_server(
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts_destination,
-         "--workers", str(workers)],
+         "--workers", str(workers), *extra_args],
         env={
             **os.environ,
             "MLFLOW_DISABLE_TELEMETRY": "true",

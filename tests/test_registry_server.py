@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from registry.api import VERDICT_TAG, Registry, connect
-from registry.errors import IntegrityError
+from registry.errors import IntegrityError, RegistryError
 from registry.lookup import fast_sha256
 from registry.manifest import MANIFEST_NAME
 from registry.refs import parse_ref
@@ -211,3 +211,51 @@ def test_embedded_sqlite_with_s3_artifacts(
     assert info.source.startswith(f"s3://{BUCKET}/embedded/")
     assert not (tmp_path / "artifacts").exists()
     assert files_of(connect(uri, home=tmp_path / "b").pull("s3-embedded/1")) == files_of(src)
+
+
+@pytest.mark.filterwarnings("ignore:starlette.middleware.wsgi is deprecated")
+def test_basic_auth_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mlflow server --app-name basic-auth``: users need credentials; readers cannot write."""
+    ini = tmp_path / "basic_auth.ini"
+    ini.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\n"
+        "admin_username = admin\n"
+        "admin_password = admin-Secret-1\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only"}
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with mlflow_server(
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        (tmp_path / "artifacts").as_uri(),
+        workers=1,
+        env=env,
+        extra_args=["--app-name", "basic-auth"],
+    ) as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "admin-Secret-1")
+        import mlflow.server
+
+        mlflow.server.get_app_client("basic-auth", tracking_uri=url).create_user(
+            "reader", "reader-Secret-1"
+        )
+        src = make_package(tmp_path / "p", seed=6)
+        info = connect(url, home=tmp_path / "admin").register("auth-sc", src, alias="champion")
+
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "reader-Secret-1")
+        reader = connect(url, home=tmp_path / "reader")
+        assert files_of(reader.pull("auth-sc@champion")) == files_of(src)
+        # the cached pull's REST lookup sends the same credentials
+        assert fast_sha256(reader.settings, parse_ref("auth-sc@champion")) == (1, info.sha256)
+        with pytest.raises(RegistryError, match=r"(?i)permission"):
+            reader.register("auth-sc", src)
+
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+        anonymous = connect(url, home=tmp_path / "anon")
+        assert fast_sha256(anonymous.settings, parse_ref("auth-sc@champion")) is None
+        with pytest.raises(RegistryError, match=r"(?i)unauthenticated|401|credentials"):
+            anonymous.resolve("auth-sc@champion")
