@@ -526,6 +526,10 @@ class JobRun:
     summary: str
     runner_temp: Path
 
+    def failures(self) -> str:
+        """The logs of the failed steps (for assertion messages)."""
+        return "\n".join(f"[{s.name}] {s.log}" for s in self.steps if s.outcome == "failure")
+
     def step(self, key: str) -> StepRun:
         for s in self.steps:
             if key in (s.id, s.name):
@@ -717,6 +721,12 @@ def finish(code=0, out=""):
 if prog == "cordwatch":
     words = [a for a in args if not a.startswith("-")]
     cmd = tuple(words[:2])
+    if cfg.get("real_models") and cmd[:1] == ("models",):
+        # The real registry CLI (its JSON shapes, its refusal to promote without a pass).
+        with open(os.environ["STUB_LOG"], "a") as log:
+            log.write(json.dumps(entry) + "\n")
+        real = pathlib.Path(sys.executable).with_name("cordwatch")
+        os.execv(real, [str(real), *args])
     if cmd == ("models", "register"):
         finish(0, json.dumps({"name": words[2], "version": cfg["register_version"],
                               "sha256": "ab" * 32}) + "\n")
@@ -730,6 +740,10 @@ if prog == "cordwatch":
         (report / "summary.md").write_text(f"## cordwatch drift: {verdict}\n\nBODY-{verdict}\n")
         (report / "report.html").write_text("<html></html>")
         pathlib.Path(opt("--json")).write_text(json.dumps({"verdict": verdict}))
+        if cfg.get("real_models") and cfg.get("record_verdict", True):
+            from registry.api import connect  # as the real check does: the verdict tag
+
+            connect().set_version_tags(words[2], {"cordwatch.drift.verdict": verdict})
         finish(1 if verdict == "fail" else 0)
     if cmd == ("models", "list"):
         finish(0, json.dumps(cfg["versions"]))
@@ -775,6 +789,7 @@ class Sandbox:
     bin_dir: Path
     config: Path
     log: Path
+    env_extra: dict[str, str] = field(default_factory=dict)
 
     def configure(self, **values: Any) -> None:
         cfg = json.loads(self.config.read_text()) if self.config.exists() else {}
@@ -795,6 +810,7 @@ class Sandbox:
             "LANG": "C.UTF-8",
             "STUB_CONFIG": str(self.config),
             "STUB_LOG": str(self.log),
+            **self.env_extra,
         }
 
     def git_tree(self, path: str) -> str:
@@ -807,10 +823,17 @@ class Sandbox:
         ).stdout.strip()
 
 
-def make_sandbox(root: Path, candidate: str | None = None) -> Sandbox:
+def make_sandbox(root: Path, candidate: str | None = None, *, package_seed: int = -1) -> Sandbox:
+    """A sandbox whose ``models/demo`` is a stand-in, or (``package_seed >= 0``) a synthetic
+    nnU-Net package that the real registry accepts."""
     ws = root / "ws"
-    (ws / "models" / "demo").mkdir(parents=True)
-    (ws / "models" / "demo" / "dataset.json").write_text('{"name": "demo"}\n')
+    if package_seed >= 0:
+        from registry.testing import make_package
+
+        make_package(ws / "models" / "demo", seed=package_seed)
+    else:
+        (ws / "models" / "demo").mkdir(parents=True)
+        (ws / "models" / "demo" / "dataset.json").write_text('{"name": "demo"}\n')
     (ws / "models" / "candidate.yaml").write_text(
         candidate or "name: sc-demo\npath: models/demo\ndescription: demo model, seed 1\n"
     )
@@ -1174,7 +1197,7 @@ def box(tmp_path: Path) -> Sandbox:
 
 def test_gate_pass_registers_the_candidate_and_checks_it_against_champion(box: Sandbox) -> None:
     run = _gate(box)
-    assert run.status == "success", [s.log for s in run.steps]
+    assert run.status == "success", run.failures()
     assert run.step("Refuse pull requests from forks").outcome == "skipped"
     calls = [c["argv"] for c in box.calls()]
     assert len(calls) == 2
@@ -1302,7 +1325,7 @@ def test_dispatch_with_a_url_needs_and_checks_the_sha256(box: Sandbox) -> None:
     assert box.calls() == []
     digest = hashlib.sha256(content.encode()).hexdigest()
     run = _gate(box, _dispatch(model=url, name="sc-remote", sha256=digest))
-    assert run.status == "success", [s.log for s in run.steps]
+    assert run.status == "success", run.failures()
     register = box.calls()[0]["argv"]
     assert register[2:4] == ["sc-remote", f"{run.runner_temp}/candidate-download/model.zip"]
     assert f"source_url={url}" in register and "pull_request=" not in " ".join(register)
@@ -1345,7 +1368,7 @@ def _comment(box: Sandbox, gate: JobRun, comment_ids: list[int]) -> JobRun:
 def test_comment_is_posted_once_then_edited_in_place(box: Sandbox) -> None:
     gate = _gate(box)
     run = _comment(box, gate, [])
-    assert run.status == "success", [s.log for s in run.steps]
+    assert run.status == "success", run.failures()
     api = [c for c in box.calls("gh") if "body" in c]
     assert len(api) == 1 and "POST" in api[0]["argv"]
     post = api[0]["argv"]
@@ -1418,7 +1441,7 @@ def test_release_promotes_the_gated_version_after_the_normative_update(box: Sand
         champion={"version": 4, "sha256": "04" * 32},
     )
     run = _promote(box)
-    assert run.status == "success", [s.log for s in run.steps]
+    assert run.status == "success", run.failures()
     out = run.runner_temp / "cordwatch"
     calls = [c["argv"] for c in box.calls()]
     assert calls == [
@@ -1548,7 +1571,7 @@ def test_release_attaches_report_and_normative_export_with_checksums(box: Sandbo
     run = run_job(
         load_workflow("release.yml"), "attach", ctx, box.workspace, base_env=box.env, uses=download
     )
-    assert run.status == "success", [s.log for s in run.steps]
+    assert run.status == "success", run.failures()
     upload = next(c for c in box.calls("gh") if c["argv"][:2] == ["release", "upload"])
     assert upload["argv"][2] == "v1.2.0" and "--clobber" in upload["argv"]
     files = upload["files"]
@@ -1569,3 +1592,42 @@ def test_release_attaches_report_and_normative_export_with_checksums(box: Sandbo
     attach = load_workflow("release.yml")["jobs"]["attach"]
     assert condition(attach["if"], ctx) is True
     assert condition(attach["if"], _push_ctx()) is False
+
+
+# --------------------------------------------------------------------------------------------
+# Gate and release against the real registry CLI (drift check and normative still stubbed)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_gate_and_release_with_the_real_registry(tmp_path: Path, cordwatch_home: Path) -> None:
+    """The JSON the workflows parse (register, list, show) and the tags they find versions by
+    are the real registry's: a PR's model is registered as candidate, then promoted."""
+    from registry.api import connect
+    from registry.testing import make_package
+
+    box = make_sandbox(tmp_path, package_seed=1)
+    box.env_extra = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+    box.configure(real_models=True)
+    reg = connect()
+    # A person chose the first champion (another package).
+    reg.register("sc-demo", make_package(tmp_path / "first", seed=0))
+    reg.promote("sc-demo/1", "champion", force=True, reason="initial champion")
+    # No registry secret (the embedded registry); the runner-local home from the variable.
+    pr = pr_context(secrets={}, vars={"CORDWATCH_HOME": str(cordwatch_home)})
+    push = _push_ctx()
+    push["secrets"], push["vars"] = {}, {"CORDWATCH_HOME": str(cordwatch_home)}
+
+    gate = _gate(box, pr)
+    assert gate.status == "success", gate.failures()
+    candidate = reg.resolve("sc-demo@candidate")
+    assert gate.outputs["version"] == "2" and candidate.version == 2
+    assert candidate.tags["git_tree"] == box.git_tree("models/demo")
+    assert candidate.tags["cordwatch.drift.verdict"] == "pass"
+
+    promoted = _promote(box, push)
+    assert promoted.status == "success", promoted.failures()
+    champion = reg.resolve("sc-demo@champion")
+    assert champion.version == 2
+    record = json.loads((promoted.runner_temp / "cordwatch" / "promotion.json").read_text())
+    assert record["sha256"] == champion.sha256 == candidate.sha256
+    assert record["baseline_version"] == 1
+    assert [c["argv"][:2] for c in box.calls()][-1] == ["models", "promote"]
