@@ -737,7 +737,10 @@ if prog == "cordwatch":
             finish(2)
         report = pathlib.Path(opt("--report"))
         report.mkdir(parents=True, exist_ok=True)
-        (report / "summary.md").write_text(f"## cordwatch drift: {verdict}\n\nBODY-{verdict}\n")
+        padding = "\u00b1" * cfg.get("summary_padding", 0)  # 2 bytes each in UTF-8
+        (report / "summary.md").write_text(
+            f"## cordwatch drift: {verdict}\n\nBODY-{verdict}\n{padding}", encoding="utf-8"
+        )
         (report / "report.html").write_text("<html></html>")
         pathlib.Path(opt("--json")).write_text(json.dumps({"verdict": verdict}))
         if cfg.get("real_models") and cfg.get("record_verdict", True):
@@ -1388,6 +1391,17 @@ def test_comment_is_posted_once_then_edited_in_place(box: Sandbox) -> None:
     assert len(api) == 2
     assert "PATCH" in api[1]["argv"] and "repos/org/cordwatch/issues/comments/111" in api[1]["argv"]
     assert "BODY-fail" in api[1]["body"]
+
+
+def test_comment_of_a_huge_summary_is_cut_to_fit(box: Sandbox) -> None:
+    box.configure(summary_padding=40_001)  # 80 kB of two-byte characters
+    gate = _gate(box)
+    _comment(box, gate, [])
+    body = next(c for c in box.calls("gh") if "body" in c)["body"]
+    assert body.startswith(MARKER) and "BODY-pass" in body
+    assert 30_000 < len(body) < 65_536
+    assert "\ufffd" not in body  # no character cut in half
+    assert body.rstrip().endswith("(artifact)](https://github.com/org/cordwatch/actions/runs/4242)")
 
 
 def test_comment_says_so_when_the_gate_produced_no_report(box: Sandbox) -> None:
