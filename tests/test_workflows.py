@@ -954,6 +954,18 @@ def test_shellcheck_is_there_for_actionlint() -> None:
     assert "ShellCheck" in proc.stdout
 
 
+def test_a_missing_linter_fails_under_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "_tool", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="actionlint not found under CI"):
+        _require("actionlint", "test")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _require("actionlint", "test")
+
+
 # --------------------------------------------------------------------------------------------
 # Structure
 # --------------------------------------------------------------------------------------------
