@@ -238,11 +238,27 @@ def test_basic_auth_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "admin-Secret-1")
         import mlflow.server
 
-        mlflow.server.get_app_client("basic-auth", tracking_uri=url).create_user(
-            "reader", "reader-Secret-1"
-        )
+        auth = mlflow.server.get_app_client("basic-auth", tracking_uri=url)
+        auth.create_user("reader", "reader-Secret-1")
+        auth.create_user("ci", "ci-Secret-12345")
         src = make_package(tmp_path / "p", seed=6)
         info = connect(url, home=tmp_path / "admin").register("auth-sc", src, alias="champion")
+
+        # a plain user may create a model of its own, and write to another one once granted
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ci")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "ci-Secret-12345")
+        ci = connect(url, home=tmp_path / "ci")
+        assert ci.register("auth-ci", src, alias="candidate").version == 1
+        with pytest.raises(RegistryError, match=r"(?i)permission"):
+            ci.register("auth-sc", src)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")  # the auth client reads these
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "admin-Secret-1")
+        experiment = ci.client.get_experiment_by_name("cordwatch-models/auth-sc").experiment_id
+        auth.grant_user_permission("ci", "registered_model", "auth-sc", "EDIT")
+        auth.grant_user_permission("ci", "experiment", experiment, "EDIT")
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ci")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "ci-Secret-12345")
+        assert ci.register("auth-sc", src).version == 2
 
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "reader-Secret-1")
