@@ -826,11 +826,25 @@ class Sandbox:
         ).stdout.strip()
 
 
-def make_sandbox(root: Path, candidate: str | None = None, *, package_seed: int = -1) -> Sandbox:
-    """A sandbox whose ``models/demo`` is a stand-in, or (``package_seed >= 0``) a synthetic
-    nnU-Net package that the real registry accepts."""
+def make_sandbox(
+    root: Path,
+    candidate: str | None = None,
+    *,
+    package_seed: int = -1,
+    package: Path | None = None,
+    real_cordwatch: bool = False,
+) -> Sandbox:
+    """A sandbox whose ``models/demo`` is a stand-in, a synthetic nnU-Net package that the
+    real registry accepts (``package_seed >= 0``) or a copy of ``package`` (e.g. a demo model).
+
+    ``real_cordwatch`` puts the real ``cordwatch`` at ``.venv/bin/cordwatch`` (``gh`` and
+    ``curl`` stay stubs): with ``vars.CORDWATCH_COHORT`` set to the phantom manifest and
+    ``vars.CORDWATCH_DEVICE`` to ``cpu``, :func:`run_job` then runs the gate end to end.
+    """
     ws = root / "ws"
-    if package_seed >= 0:
+    if package is not None:
+        shutil.copytree(package, ws / "models" / "demo")
+    elif package_seed >= 0:
         from registry.testing import make_package
 
         make_package(ws / "models" / "demo", seed=package_seed)
@@ -855,7 +869,8 @@ def make_sandbox(root: Path, candidate: str | None = None, *, package_seed: int 
         target = stub_bin / prog
         target.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {stub} {prog} "$@"\n')
         target.chmod(0o755)
-    (venv_bin / "cordwatch").symlink_to(stub_bin / "cordwatch")
+    real = Path(sys.executable).with_name("cordwatch")
+    (venv_bin / "cordwatch").symlink_to(real if real_cordwatch else stub_bin / "cordwatch")
     box = Sandbox(root, ws, stub_bin, root / "stub-config.json", root / "calls.jsonl")
     box.configure(register_version=7, verdict="pass", normative_version=12)
     return box
