@@ -332,3 +332,94 @@ def compare(
         console=console,
     )
     raise_on_fail(result)
+
+
+@drift_app.command("check")
+@command
+def check(
+    candidate: str = typer.Argument(
+        ...,
+        metavar="NAME@ALIAS|NAME/VERSION",
+        help="The candidate version, e.g. cordseg@candidate.",
+    ),
+    baseline: str = typer.Option(
+        ..., "--baseline", metavar="REF", help="The baseline version, e.g. cordseg@champion."
+    ),
+    cohort: str = typer.Option(
+        ...,
+        "--cohort",
+        metavar="MANIFEST",
+        help="Frozen cohort manifest (path or shipped name, e.g. phantom).",
+    ),
+    root: Path | None = typer.Option(
+        None,
+        "--root",
+        metavar="DIR",
+        help="Cohort root (default: generated phantom cohort, else $CORDWATCH_COHORT_ROOT).",
+    ),
+    policy: Path | None = typer.Option(
+        None,
+        "--policy",
+        metavar="FILE",
+        help="Gate policy YAML (default: reference_data/policy.yaml).",
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="Inference device: auto (cuda when present), cpu or cuda."
+    ),
+    report_dir: Path | None = typer.Option(
+        None, "--report", metavar="DIR", help="Write report.html, summary.md and figures here."
+    ),
+    json_out: Path | None = typer.Option(
+        None, "--json", metavar="OUT.json", help="Write the result as JSON (for CI) to this file."
+    ),
+    registry: str | None = typer.Option(
+        None,
+        "--registry",
+        metavar="URI",
+        help="Registry URI (default: $MLFLOW_TRACKING_URI, "
+        "else the embedded sqlite store in $CORDWATCH_HOME).",
+    ),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress", help="Show a progress bar during inference."
+    ),
+) -> None:
+    """Run both versions on the frozen cohort, compare their morphometry, gate and record.
+
+    Exit 0 on pass or warn, 1 on fail, 2 on error. The verdict is written to the candidate
+    version's tags (cordwatch.drift.verdict) only after every output is written.
+    """
+    from rich.console import Console
+
+    from drift.check import record_verdict, run_check
+
+    console = Console()
+    chk = run_check(
+        candidate,
+        baseline,
+        cohort,
+        root=root,
+        policy_path=policy,
+        device=device,
+        registry_uri=registry,
+        progress=progress,
+        on_stage=lambda msg: console.print(f"[dim]{msg}[/]"),
+    )
+    for role, failures in chk.failures.items():
+        for f in failures:
+            console.print(f"[yellow]{role}: {f['subject']} {f['contrast']}: {f['error']}[/]")
+    print_result(chk.result, console)
+    outputs = emit_result(
+        chk.result,
+        json_out=json_out,
+        report_dir=report_dir,
+        baseline_table=chk.baseline_table,
+        candidate_table=chk.candidate_table,
+        history=chk.history,
+        console=console,
+    )
+    run_id = record_verdict(chk, outputs, registry)
+    console.print(
+        f"recorded on {chk.candidate.ref}: cordwatch.drift.verdict={chk.result.verdict} "
+        f"(run {run_id})"
+    )
+    raise_on_fail(chk.result)

@@ -1,0 +1,491 @@
+"""The drift check, end to end: frozen cohort -> inference -> morphometrics -> statistics ->
+verdict + report, recorded in the registry.
+
+Data flows one way (DESIGN.md): registry version -> segmentations of the cohort (cached by
+package sha256 x image sha256 x settings) -> morphometrics table per version (Parquet, logged
+to MLflow as a run linked to the model version and reused when the same package met the same
+cohort) -> comparison with the baseline -> verdict + report -> version tags.
+
+Levels for both versions come from the cohort's ground-truth level files, so only the model
+changes between the two tables. Nothing is written to the registry before the verdict is
+known; a failure or Ctrl-C on the way leaves cached segmentations (complete entries only) and
+no verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from drift import __version__
+from registry.errors import CordwatchError, InputError
+
+if TYPE_CHECKING:
+    from drift.cohort import Cohort, CohortItem
+    from drift.policy import DriftResult, Policy
+    from registry.api import Registry, VersionInfo
+
+MORPHOMETRY_EXPERIMENT = "cordwatch-morphometrics"
+DRIFT_EXPERIMENT = "cordwatch-drift"
+MORPHOMETRY_REVISION = 1  # bump when the measuring instrument changes what it outputs
+ANGLE_CORRECTION = "exact"
+TIDY_METRICS = (
+    "area",
+    "diameter_AP",
+    "diameter_RL",
+    "eccentricity",
+    "solidity",
+    "angle_AP",
+    "angle_RL",
+    "orientation",
+    "length",
+)
+
+
+# --------------------------------------------------------------------------- measuring -----
+
+
+def measure(seg_path: Path, level_path: Path, level_source: str) -> pd.DataFrame:
+    """PAM50-normalised per-slice metrics of one segmentation, levels from ``level_path``.
+
+    Returns the tidy table (``level``, ``slice`` = PAM50 slice, metric columns) without the
+    subject/contrast columns. Raises InputError naming the file for an unusable segmentation.
+    """
+    from drift.levels import normalize_pam50, slice_levels_from_discs, slice_levels_from_labeled
+    from drift.morphometry import slice_metrics
+    from drift.nifti import load_labels, load_segmentation
+
+    seg = load_segmentation(seg_path)
+    labels = load_labels(level_path, seg)
+    if level_source == "disc_labels":
+        levels = slice_levels_from_discs(labels.data)
+    else:
+        levels = slice_levels_from_labeled(labels.data)
+    metrics = slice_metrics(seg.data, seg.spacing, ANGLE_CORRECTION)
+    normalised, norm_levels = normalize_pam50(metrics, levels)
+    out = normalised.reset_index()
+    out.insert(0, "level", norm_levels.astype(int))
+    return out
+
+
+def dice_score(seg_path: Path, gt_path: Path) -> float:
+    """Dice of two binary masks (>= 0.5) on the same grid."""
+    from drift.nifti import load_labels, load_segmentation
+
+    seg = load_segmentation(seg_path)
+    gt = load_labels(gt_path, seg)
+    a, b = seg.data >= 0.5, gt.data > 0
+    denom = int(a.sum()) + int(b.sum())
+    return float(2 * np.logical_and(a, b).sum() / denom) if denom else float("nan")
+
+
+@dataclass
+class Measured:
+    """Morphometrics of one version on the cohort, and what could not be measured."""
+
+    table: pd.DataFrame  # tidy: subject, contrast, level, slice, metrics
+    failures: list[dict[str, str]] = field(default_factory=list)
+    seg_paths: dict[tuple[str, str], Path] = field(default_factory=dict)
+
+
+def measure_cohort(
+    items: Sequence[CohortItem],
+    root: Path,
+    seg_paths: dict[tuple[str, str], Path],
+) -> Measured:
+    """Measure every segmentation of ``seg_paths`` ((subject, contrast) -> path)."""
+    frames, failures = [], []
+    for item in items:
+        key = (item.subject, item.contrast)
+        if key not in seg_paths:
+            continue
+        if item.levels is None:
+            failures.append({"subject": key[0], "contrast": key[1], "error": "no level file"})
+            continue
+        try:
+            table = measure(seg_paths[key], item.levels.locate(root), item.level_source)
+        except CordwatchError as err:
+            failures.append({"subject": key[0], "contrast": key[1], "error": str(err)})
+            continue
+        table.insert(0, "contrast", item.contrast)
+        table.insert(0, "subject", item.subject)
+        frames.append(table)
+    columns = ["subject", "contrast", "level", "slice", *TIDY_METRICS]
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    return Measured(table, failures, dict(seg_paths))
+
+
+def to_long(table: pd.DataFrame) -> pd.DataFrame:
+    """Wide tidy table -> long (subject, contrast, level, slice, metric, value) for storage."""
+    metrics = [m for m in TIDY_METRICS if m in table.columns]
+    return table.melt(
+        id_vars=["subject", "contrast", "level", "slice"],
+        value_vars=metrics,
+        var_name="metric",
+        value_name="value",
+    )
+
+
+def to_wide(long: pd.DataFrame) -> pd.DataFrame:
+    """Inverse of :func:`to_long`."""
+    wide = long.pivot_table(
+        index=["subject", "contrast", "level", "slice"],
+        columns="metric",
+        values="value",
+        aggfunc="first",
+        dropna=False,
+    ).reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def level_summary(table: pd.DataFrame) -> dict[str, float]:
+    """Per-level mean of the subjects' mean CSA, as MLflow metric names (``area_C3``)."""
+    from drift.levels import level_name
+
+    if table.empty:
+        return {}
+    per_subject = table.groupby(["subject", "contrast", "level"])["area"].mean()
+    per_level = per_subject.groupby("level").mean()
+    return {f"area_{level_name(int(lv))}": float(v) for lv, v in per_level.items() if v == v}
+
+
+# ----------------------------------------------------------------------------- the check ---
+
+
+@dataclass
+class CheckResult:
+    """What ``cordwatch drift check`` produced."""
+
+    result: DriftResult
+    baseline: VersionInfo
+    candidate: VersionInfo
+    baseline_table: pd.DataFrame
+    candidate_table: pd.DataFrame
+    history: pd.DataFrame
+    failures: dict[str, list[dict[str, str]]]
+    run_id: str | None = None
+
+
+def _morphometry_tags(info: VersionInfo, cohort: Cohort) -> dict[str, str]:
+    return {
+        "cordwatch.model.name": info.name,
+        "cordwatch.model.version": str(info.version),
+        "cordwatch.package_sha256": info.sha256,
+        "cordwatch.cohort.name": cohort.name,
+        "cordwatch.cohort.sha256": cohort.manifest_sha256,
+        "cordwatch.morphometry.revision": str(MORPHOMETRY_REVISION),
+        "cordwatch.morphometry.angle_correction": ANGLE_CORRECTION,
+        "cordwatch.version": __version__,
+    }
+
+
+def find_morphometry_run(reg: Registry, info: VersionInfo, cohort: Cohort) -> str | None:
+    """The run holding this package's complete morphometrics on this cohort, if any."""
+    exp = reg.client.get_experiment_by_name(MORPHOMETRY_EXPERIMENT)
+    if exp is None:
+        return None
+    tags = _morphometry_tags(info, cohort)
+    keys = ("cordwatch.package_sha256", "cordwatch.cohort.sha256", "cordwatch.morphometry.revision")
+    query = " and ".join(f"tags.`{k}` = '{tags[k]}'" for k in keys)
+    runs = reg.client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"{query} and attributes.status = 'FINISHED'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def load_morphometry_run(reg: Registry, run_id: str) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    with tempfile.TemporaryDirectory(prefix="cordwatch-morph-") as tmp:
+        path = reg.client.download_artifacts(run_id, "morphometrics.parquet", tmp)
+        long = pd.read_parquet(path)
+        fail_path = Path(reg.client.download_artifacts(run_id, "failures.json", tmp))
+        failures = json.loads(fail_path.read_text())
+    return to_wide(long), failures
+
+
+def log_morphometry_run(
+    reg: Registry,
+    info: VersionInfo,
+    cohort: Cohort,
+    measured: Measured,
+    provenance: dict[str, Any],
+) -> str:
+    """Log one version's morphometrics (Parquet, long form) as a FINISHED MLflow run."""
+    from mlflow.entities import Metric, Param
+
+    exp_id = reg.ensure_experiment(MORPHOMETRY_EXPERIMENT)
+    tags = _morphometry_tags(info, cohort) | {"mlflow.runName": f"{info.name}-v{info.version}"}
+    run = reg.client.create_run(exp_id, tags=tags)
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        with tempfile.TemporaryDirectory(prefix="cordwatch-morph-") as tmp:
+            parquet = Path(tmp) / "morphometrics.parquet"
+            to_long(measured.table).to_parquet(parquet, index=False)
+            (Path(tmp) / "failures.json").write_text(json.dumps(measured.failures, indent=2))
+            (Path(tmp) / "provenance.json").write_text(json.dumps(provenance, indent=2))
+            for name in ("morphometrics.parquet", "failures.json", "provenance.json"):
+                reg.client.log_artifact(run_id, str(Path(tmp) / name))
+        summary = level_summary(measured.table)
+        summary["n_images"] = float(measured.table.groupby(["subject", "contrast"]).ngroups)
+        summary["n_failures"] = float(len(measured.failures))
+        reg.client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, 0, 0) for k, v in summary.items()],
+            params=[Param("cohort", cohort.name), Param("model", info.ref)],
+        )
+        status = "FINISHED"
+    finally:
+        reg.client.set_terminated(run_id, status)
+    return run_id
+
+
+def csa_history(reg: Registry, name: str) -> pd.DataFrame:
+    """Per-level mean CSA of every evaluated version of ``name`` (version, level, area)."""
+    exp = reg.client.get_experiment_by_name(MORPHOMETRY_EXPERIMENT)
+    if exp is None:
+        return pd.DataFrame(columns=["version", "level", "area"])
+    runs = reg.client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`cordwatch.model.name` = '{name}' and attributes.status = 'FINISHED'",
+        max_results=500,
+    )
+    rows = []
+    for run in runs:
+        version = int(run.data.tags["cordwatch.model.version"])
+        for key, value in run.data.metrics.items():
+            if key.startswith("area_"):
+                rows.append({"version": version, "level": key[5:], "area": value})
+    history = pd.DataFrame(rows, columns=["version", "level", "area"])
+    return history.drop_duplicates(["version", "level"]).sort_values(["version", "level"])
+
+
+def evaluate_version(
+    reg: Registry,
+    info: VersionInfo,
+    cohort: Cohort,
+    root: Path,
+    *,
+    cache_dir: Path,
+    device: str,
+    progress: bool,
+    provenance: dict[str, Any],
+) -> Measured:
+    """Segment the cohort with one version (cached) and measure it; reuse a logged run when
+    the same package was already measured on the same cohort."""
+    from drift.inference import segment_cohort
+
+    run_id = find_morphometry_run(reg, info, cohort)
+    if run_id is not None:
+        table, failures = load_morphometry_run(reg, run_id)
+        return Measured(table, failures)
+    package = reg.pull(info.ref)
+    manifest = reg.resolve(info.ref, manifest=True).manifest
+    images = [
+        (f"{it.subject}/{it.contrast}", it.image.locate(root), it.image.sha256)
+        for it in cohort.items
+    ]
+    results = segment_cohort(
+        package,
+        info.sha256,
+        images,
+        cache_dir,
+        device=device,
+        progress=progress,
+        package_manifest=None if manifest is None else manifest_map(manifest),
+    )
+    seg_paths: dict[tuple[str, str], Path] = {}
+    failures = []
+    for item, res in zip(cohort.items, results, strict=True):
+        if res.status == "ok" and res.seg_path is not None:
+            seg_paths[(item.subject, item.contrast)] = res.seg_path
+        else:
+            failures.append(
+                {"subject": item.subject, "contrast": item.contrast, "error": res.error or "?"}
+            )
+    measured = measure_cohort(cohort.items, root, seg_paths)
+    measured.failures = failures + measured.failures
+    if not measured.failures or len(measured.failures) < len(cohort.items):
+        log_morphometry_run(reg, info, cohort, measured, provenance)
+    return measured
+
+
+def manifest_map(manifest: Any) -> dict[str, str]:
+    """relative path -> sha256 from a registry :class:`registry.manifest.Manifest`."""
+    return {f.path: f.sha256 for f in manifest.files}
+
+
+def ground_truth(cohort: Cohort, root: Path) -> pd.DataFrame | None:
+    """Morphometrics of the cohort's ground-truth segmentations (None when it has none)."""
+    paths = {
+        (it.subject, it.contrast): it.gt_seg.locate(root)
+        for it in cohort.items
+        if it.gt_seg is not None
+    }
+    if not paths:
+        return None
+    return measure_cohort(cohort.items, root, paths).table
+
+
+def dice_table(
+    cohort: Cohort, root: Path, segs: dict[str, dict[tuple[str, str], Path]]
+) -> pd.DataFrame | None:
+    rows = []
+    for it in cohort.items:
+        if it.gt_seg is None:
+            continue
+        for version, paths in segs.items():
+            key = (it.subject, it.contrast)
+            if key in paths:
+                rows.append(
+                    {
+                        "subject": it.subject,
+                        "contrast": it.contrast,
+                        "version": version,
+                        "dice": dice_score(paths[key], it.gt_seg.locate(root)),
+                    }
+                )
+    return pd.DataFrame(rows) if rows else None
+
+
+def run_check(
+    candidate_ref: str,
+    baseline_ref: str,
+    cohort_ref: str | Path,
+    *,
+    root: Path | None = None,
+    policy_path: Path | None = None,
+    device: str = "auto",
+    registry_uri: str | None = None,
+    progress: bool = True,
+    on_stage: Callable[[str], None] | None = None,
+) -> CheckResult:
+    """Everything but the writing of outputs and of the verdict (see :func:`record_verdict`)."""
+    from drift.cli_drift import base_provenance
+    from drift.cohort import ensure_root, load_cohort, verify_cohort
+    from drift.policy import drift_result, load_policy, policy_sha256
+    from registry.api import connect
+
+    say = on_stage or (lambda _msg: None)
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"--device must be auto, cpu or cuda, not {device!r}")
+    policy: Policy = load_policy(policy_path)
+    cohort = load_cohort(cohort_ref)
+    reg = connect(registry_uri)
+    candidate = reg.resolve(candidate_ref)
+    baseline = reg.resolve(baseline_ref)
+    if candidate.name != baseline.name:
+        say(f"note: comparing two models ({candidate.name} vs {baseline.name})")
+    cohort_root = ensure_root(cohort, root)
+    say(f"verifying cohort {cohort.name} ({len(cohort.items)} images) under {cohort_root}")
+    verify_cohort(cohort, cohort_root).raise_for_problems()
+
+    provenance = {
+        **base_provenance(),
+        "cohort": cohort.provenance(),
+        "policy_sha256": policy_sha256(policy),
+    }
+    cache_dir = reg.settings.home / "cache" / "segmentations"
+    measured = {}
+    for role, info in (("baseline", baseline), ("candidate", candidate)):
+        say(f"{role}: {info.ref} (package {info.sha256[:12]})")
+        measured[role] = evaluate_version(
+            reg,
+            info,
+            cohort,
+            cohort_root,
+            cache_dir=cache_dir,
+            device=device,
+            progress=progress,
+            provenance=provenance | {"model": info.ref, "role": role},
+        )
+    base_t, cand_t = measured["baseline"].table, measured["candidate"].table
+    if base_t.empty or cand_t.empty:
+        raise InputError(
+            "no segmentation could be measured for one of the versions", cohort.manifest
+        )
+    gt = ground_truth(cohort, cohort_root)
+    segs = {role: m.seg_paths for role, m in measured.items() if m.seg_paths}
+    dice = dice_table(cohort, cohort_root, segs) if len(segs) == 2 else None
+    result = drift_result(
+        base_t,
+        cand_t,
+        policy,
+        ground_truth=gt,
+        dice=dice,
+        provenance=provenance
+        | {
+            "command": "cordwatch drift check",
+            "baseline": {"ref": baseline.ref, "sha256": baseline.sha256},
+            "candidate": {"ref": candidate.ref, "sha256": candidate.sha256},
+            "failures": {role: m.failures for role, m in measured.items()},
+        },
+    )
+    return CheckResult(
+        result=result,
+        baseline=baseline,
+        candidate=candidate,
+        baseline_table=base_t,
+        candidate_table=cand_t,
+        history=csa_history(reg, candidate.name),
+        failures={role: m.failures for role, m in measured.items()},
+    )
+
+
+def record_verdict(
+    check: CheckResult, outputs: dict[str, Path], registry_uri: str | None = None
+) -> str:
+    """Log the drift run (result + report) and tag the candidate version with the verdict.
+
+    Called last, after every output is written: an interruption before it leaves no verdict.
+    """
+    from drift.report import write_json
+    from registry.api import connect
+
+    reg = connect(registry_uri)
+    result, cand, base = check.result, check.candidate, check.baseline
+    exp_id = reg.ensure_experiment(DRIFT_EXPERIMENT)
+    run = reg.client.create_run(
+        exp_id,
+        tags={
+            "mlflow.runName": f"{cand.name} v{base.version}->v{cand.version}",
+            "cordwatch.model.name": cand.name,
+            "cordwatch.candidate": cand.ref,
+            "cordwatch.baseline": base.ref,
+            "cordwatch.drift.verdict": result.verdict,
+        },
+    )
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        with tempfile.TemporaryDirectory(prefix="cordwatch-drift-") as tmp:
+            reg.client.log_artifact(run_id, str(write_json(result, Path(tmp) / "result.json")))
+        for key, path in outputs.items():
+            if key in ("html", "markdown") or key.startswith("figure:"):
+                reg.client.log_artifact(run_id, str(path), artifact_path="report")
+        status = "FINISHED"
+    finally:
+        reg.client.set_terminated(run_id, status)
+    reg.set_version_tags(
+        cand.ref,
+        {
+            "cordwatch.drift.verdict": result.verdict,
+            "cordwatch.drift.run_id": run_id,
+            "cordwatch.drift.baseline": base.ref,
+            "cordwatch.drift.policy_sha256": str(result.provenance.get("policy_sha256", "")),
+            "cordwatch.drift.cohort_sha256": str(
+                result.provenance.get("cohort", {}).get("cohort_manifest_sha256", "")
+            ),
+        },
+    )
+    return run_id
