@@ -16,6 +16,7 @@ drift gate, 2 bad input, integrity or registry error (one line on stderr naming 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,7 +51,9 @@ def models(
     ctx.ensure_object(dict)["registry"] = registry
     # Quiet, fail-fast defaults for a command line (an explicit environment setting wins).
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"  # read when MLflow is imported
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already was
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 

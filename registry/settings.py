@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.errors import RegistryError
-from registry.fsutil import file_lock
+from registry.fsutil import atomic_path, file_lock
 
 HOME_ENV = "CORDWATCH_HOME"
 ARTIFACT_ROOT_ENV = "CORDWATCH_ARTIFACT_ROOT"
@@ -108,30 +108,34 @@ def resolve_settings(uri: str | None = None, home: str | Path | None = None) -> 
     return RegistrySettings(uri=chosen, home=home_path, artifact_root=root)
 
 
+def _marker(db: Path) -> Path:
+    return db.with_name(db.name + ".initialised")
+
+
+def _identity(db: Path) -> str:
+    st = db.stat()
+    return f"{st.st_dev}:{st.st_ino}"
+
+
 def _store_initialised(db: Path) -> bool:
-    """True when ``db`` holds MLflow's schema (stamped by alembic), read without writing."""
-    if not db.is_file() or db.stat().st_size == 0:
-        return False
+    """True when cordwatch finished initialising this very database file (marker beside it).
+
+    Tables and an alembic stamp are not enough: MLflow stamps each migration as it goes and
+    its sqlite migrations drop and re-create tables, so a store being initialised looks
+    initialised half-way through, and a second process would start migrating it too.
+    """
     try:
-        con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)
-        try:
-            tables = {
-                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-            if not {"alembic_version", "model_versions", "registered_model_aliases"} <= tables:
-                return False
-            return con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as err:
-        raise RegistryError(f"not a readable sqlite registry: {err}", db) from err
+        return db.is_file() and _marker(db).read_text().strip() == _identity(db)
+    except OSError:
+        return False
 
 
 def ensure_sqlite_store(settings: RegistrySettings) -> None:
-    """Create MLflow's tables in a fresh sqlite registry, once, under a file lock.
+    """Initialise (create or verify) the sqlite registry once, under a file lock.
 
-    Cheap when the store exists already (one read-only query, no lock). The lock makes the
-    first concurrent users wait for one initialiser instead of racing on ``CREATE TABLE``.
+    Cheap afterwards (one small marker file read, no lock). Processes that arrive while the
+    first one initialises wait for the lock, then find the marker. An existing MLflow database
+    without the marker is verified by MLflow (an out-of-date schema is reported) and marked.
     """
     db = sqlite_path(settings.uri)
     if db is None or _store_initialised(db):
@@ -141,10 +145,25 @@ def ensure_sqlite_store(settings: RegistrySettings) -> None:
     with file_lock(settings.lock_path):
         if _store_initialised(db):
             return
+        if db.is_file() and db.stat().st_size > 0:
+            try:
+                con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)
+                try:
+                    con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                finally:
+                    con.close()
+            except sqlite3.DatabaseError as err:
+                raise RegistryError(f"not a readable sqlite registry: {err}", db) from err
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        from mlflow.store.model_registry.sqlalchemy_store import (
+            SqlAlchemyStore as RegistryStore,
+        )
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
         try:
             SqlAlchemyStore(settings.uri, settings.artifact_root)
+            RegistryStore(settings.uri)
         except Exception as err:  # MLflow raises a variety of SQLAlchemy/alembic errors here
             raise RegistryError(f"cannot initialise the sqlite registry: {err}", db) from err
+        with atomic_path(_marker(db)) as tmp:
+            tmp.write_text(_identity(db) + "\n")

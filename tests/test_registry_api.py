@@ -415,3 +415,24 @@ def test_pyfunc_verifies_and_segments_through_registry_nnunet(
     _flip_first_byte(stored_file(info.source, "fold_all/checkpoint_final.pth"))
     with pytest.raises(IntegrityError, match="sha256"):
         mlflow.pyfunc.load_model(info.source)
+
+
+def test_sqlite_store_is_initialised_once_and_marked(tmp_path: Path) -> None:
+    import shutil
+
+    from registry import settings as settings_module
+
+    db = tmp_path / "r.db"
+    settings_module.ensure_sqlite_store(settings_module.resolve_settings(f"sqlite:///{db}"))
+    marker = tmp_path / "r.db.initialised"
+    assert marker.is_file() and settings_module._store_initialised(db)
+    # A complete MLflow schema without the marker (as seen half-way through another process's
+    # initialisation, or a database made elsewhere) is not trusted: it is verified, then marked.
+    copy = tmp_path / "copy.db"
+    shutil.copy(db, copy)
+    assert not settings_module._store_initialised(copy)
+    settings_module.ensure_sqlite_store(settings_module.resolve_settings(f"sqlite:///{copy}"))
+    assert settings_module._store_initialised(copy)
+    # the marker names the file it belongs to: a replaced database is initialised again
+    db.unlink()
+    assert not settings_module._store_initialised(db)

@@ -188,9 +188,12 @@ def test_direct_postgres_and_s3_without_a_server(
 ) -> None:
     """A client may also talk to the database and the bucket itself (here: the server's DB,
     already migrated; the server sees the same versions)."""
+    src = make_package(tmp_path / "p", seed=4)
+    monkeypatch.delenv("CORDWATCH_ARTIFACT_ROOT", raising=False)
+    with pytest.raises(RegistryError, match="CORDWATCH_ARTIFACT_ROOT"):
+        connect(postgres.uri("mlflow"), home=tmp_path / "none").register("pg-direct", src)
     monkeypatch.setenv("CORDWATCH_ARTIFACT_ROOT", f"s3://{BUCKET}/direct")
     reg = connect(postgres.uri("mlflow"), home=tmp_path / "direct")
-    src = make_package(tmp_path / "p", seed=4)
     info = reg.register("pg-direct", src, alias="candidate")
     assert info.source.startswith(f"s3://{BUCKET}/direct/")
     assert files_of(
