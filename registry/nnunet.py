@@ -353,11 +353,16 @@ def read_image(path: str | Path) -> tuple[Any, np.ndarray, tuple[float, float, f
     path = Path(path)
     try:
         img = nib.load(path)
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise InputError(f"not a NIfTI image ({type(img).__name__})", path)
         data = np.asarray(img.dataobj, dtype=np.float32)
     except FileNotFoundError as err:
         raise InputError("image not found", path) from err
+    except InputError:
+        raise
     except Exception as err:
-        raise InputError(f"unreadable image: {err}", path) from err
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"unreadable image: {first}", path) from err
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
