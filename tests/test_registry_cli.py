@@ -176,3 +176,23 @@ def test_registry_flag_wins_over_environment(home: Path, tmp_path: Path) -> None
         "cordwatch: error: http://127.0.0.1:9: cannot reach the registry server "
         "(Connection refused)\n"
     )
+
+
+def test_tampered_store_fails_pull_in_a_fresh_home(home: Path, tmp_path: Path) -> None:
+    pkg = make_package(tmp_path / "p", seed=8)
+    code, out, _ = cw("register", "cli-store", pkg, "--json")
+    assert code == 0
+    registry = f"sqlite:///{home / 'registry.db'}"
+    fresh_home = {"CORDWATCH_HOME": str(tmp_path / "fresh")}
+    source = json.loads(cw("show", "cli-store/1", "--json")[1])["source"]
+    stored = Path(source.removeprefix("file://")) / "artifacts/package/fold_0/checkpoint_final.pth"
+    stored.write_bytes(stored.read_bytes()[:-1])  # truncated by one byte
+    code, out, err = cw("--registry", registry, "pull", "cli-store/1", env=fresh_home)
+    assert code == 2 and out == ""
+    assert err.startswith(
+        f"cordwatch: error: {source}/artifacts/package/fold_0/checkpoint_final.pth: size "
+    )
+    assert "truncated or altered" in err and err.count("\n") == 1
+    assert not (tmp_path / "fresh" / "cache" / "packages").exists() or not any(
+        (tmp_path / "fresh" / "cache" / "packages").iterdir()
+    )
