@@ -227,6 +227,8 @@ def test_basic_auth_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         "admin_username = admin\n"
         "admin_password = admin-Secret-1\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # one PBKDF2 check per user and minute instead of per request (see docs/registry.md)
+        "auth_cache_ttl_seconds = 60\n"
     )
     env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only"}
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
