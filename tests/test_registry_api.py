@@ -436,3 +436,16 @@ def test_sqlite_store_is_initialised_once_and_marked(tmp_path: Path) -> None:
     # the marker names the file it belongs to: a replaced database is initialised again
     db.unlink()
     assert not settings_module._store_initialised(db)
+
+
+def test_concurrent_first_pulls_share_one_cache_entry(reg: Registry, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    src = make_package(tmp_path / "p", folds=("0", "1"), size=1 << 20, seed=21)
+    reg.register("together", src)
+    clients = [fresh(reg, tmp_path) for _ in range(4)]  # one cache, four clients
+    with ThreadPoolExecutor(4) as pool:
+        folders = list(pool.map(lambda c: c.pull("together/1"), clients))
+    assert len(set(folders)) == 1
+    assert files_of(folders[0]) == files_of(src)
+    assert list((tmp_path / "other-home" / "cache" / "tmp").iterdir()) == []  # no leftovers
