@@ -84,9 +84,12 @@ def _parse_tags(items: list[str]) -> dict[str, str]:
 @command
 def register(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Registered model name (letters, digits, . _ + -)."),
+    name: str = typer.Argument(
+        ..., metavar="NAME", help="Registered model name (letters, digits, . _ + -)."
+    ),
     paths: list[Path] = typer.Argument(
         ...,
+        metavar="PATH",
         help="An nnU-Net v2 results folder, or a release zip of one, or one zip per fold.",
     ),
     alias: str | None = typer.Option(
@@ -118,7 +121,9 @@ def register(
 @command
 def list_(
     ctx: typer.Context,
-    name: str | None = typer.Argument(None, help="List this model's versions (default: models)."),
+    name: str | None = typer.Argument(
+        None, metavar="[NAME]", help="List this model's versions (default: models)."
+    ),
     json_out: bool = _JSON,
 ) -> None:
     """List registered models, or the versions of one model ordered by number."""
@@ -179,7 +184,7 @@ def _size(n: int) -> str:
 @command
 def show(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION."),
+    ref: str = typer.Argument(..., metavar="REF", help="NAME@ALIAS or NAME/VERSION."),
     json_out: bool = _JSON,
 ) -> None:
     """Show one version: metadata, tags, aliases and the file manifest."""
@@ -208,7 +213,7 @@ def show(
 @command
 def pull(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION."),
+    ref: str = typer.Argument(..., metavar="REF", help="NAME@ALIAS or NAME/VERSION."),
     output: Path | None = typer.Option(
         None, "-o", "--output", help="Also copy the verified package into this new or empty folder."
     ),
@@ -224,7 +229,9 @@ def pull(
 @command
 def promote(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., help="NAME/VERSION (or NAME@ALIAS) to point the alias at."),
+    ref: str = typer.Argument(
+        ..., metavar="REF", help="NAME/VERSION (or NAME@ALIAS) to point the alias at."
+    ),
     alias: str = typer.Option("champion", "--alias", help="Alias to move."),
     force: bool = typer.Option(
         False, "--force", help="Move champion without a passing drift verdict (needs --reason)."
@@ -250,7 +257,7 @@ def promote(
 @command
 def history(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Registered model name."),
+    name: str = typer.Argument(..., metavar="NAME", help="Registered model name."),
     json_out: bool = _JSON,
 ) -> None:
     """The append-only alias history of a model: who moved which alias, when, and why."""
@@ -280,8 +287,8 @@ def history(
 @command
 def diff(
     ctx: typer.Context,
-    a: str = typer.Argument(..., help="First version, NAME/V1 (or NAME@ALIAS)."),
-    b: str = typer.Argument(..., help="Second version, NAME/V2 (or NAME@ALIAS)."),
+    a: str = typer.Argument(..., metavar="A", help="First version, NAME/V1 (or NAME@ALIAS)."),
+    b: str = typer.Argument(..., metavar="B", help="Second version, NAME/V2 (or NAME@ALIAS)."),
     json_out: bool = _JSON,
 ) -> None:
     """Metadata and file-manifest differences between two versions."""
