@@ -219,6 +219,10 @@ def test_embedded_sqlite_with_s3_artifacts(
 @pytest.mark.filterwarnings("ignore:starlette.middleware.wsgi is deprecated")
 def test_basic_auth_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``mlflow server --app-name basic-auth``: users need credentials; readers cannot write."""
+    try:
+        import flask_wtf  # noqa: F401 (the basic-auth app needs it: mlflow[auth])
+    except ImportError:
+        _missing("Flask-WTF (mlflow[auth])")
     ini = tmp_path / "basic_auth.ini"
     ini.write_text(
         "[mlflow]\n"
