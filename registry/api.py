@@ -569,6 +569,14 @@ class Registry:
             work = Path(tmp)
             (work / "staging").mkdir()
             staged = stage_package(sources, work / "staging", limits)
+            if alias in GATED_ALIASES:
+                # A new version has no drift verdict yet: it reaches a gated alias only
+                # through promote (after a passing check, or --force --reason, recorded).
+                raise GateFailed(
+                    f"cannot register straight into {alias}: register it (e.g. as candidate), "
+                    "run the drift check, then promote",
+                    name,
+                )
             package = work / "package"
             if staged.kind == "folder":  # snapshot: what is hashed is what is uploaded
                 shutil.copytree(

@@ -232,6 +232,8 @@ def test_malicious_zips_leave_the_registry_unchanged(
 def test_invalid_requests_create_nothing(reg: Registry, home: Path, tmp_path: Path) -> None:
     before = _snapshot(reg, home)
     pkg = make_package(tmp_path / "p")
+    with pytest.raises(GateFailed, match="cannot register straight into champion"):
+        reg.register("gated", pkg, alias="champion")
     with pytest.raises(InputError, match="invalid model name"):
         reg.register("bad/name", pkg)
     with pytest.raises(InputError, match="invalid alias"):
@@ -361,9 +363,9 @@ def test_unknown_refs_are_registry_errors(reg: Registry, tmp_path: Path) -> None
 
 
 def test_fast_lookup_agrees_with_mlflow(reg: Registry, tmp_path: Path) -> None:
-    reg.register("fast", make_package(tmp_path / "a", seed=1), alias="champion")
+    reg.register("fast", make_package(tmp_path / "a", seed=1), alias="candidate")
     info = reg.register("fast", make_package(tmp_path / "b", seed=2))
-    assert fast_sha256(reg.settings, parse_ref("fast@champion")) == (
+    assert fast_sha256(reg.settings, parse_ref("fast@candidate")) == (
         1,
         reg.resolve("fast/1").sha256,
     )

@@ -251,7 +251,9 @@ def test_basic_auth_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         auth.create_user("reader", "reader-Secret-1")
         auth.create_user("ci", "ci-Secret-12345")
         src = make_package(tmp_path / "p", seed=6)
-        info = connect(url, home=tmp_path / "admin").register("auth-sc", src, alias="champion")
+        admin = connect(url, home=tmp_path / "admin")
+        info = admin.register("auth-sc", src, alias="candidate")
+        admin.promote(info.ref, "champion", force=True, reason="test: first champion")
 
         # a plain user may create a model of its own, and write to another one once granted
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ci")
