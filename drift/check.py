@@ -92,7 +92,7 @@ class Measured:
 
     table: pd.DataFrame  # tidy: subject, contrast, level, slice, metrics
     failures: list[dict[str, str]] = field(default_factory=list)
-    seg_paths: dict[tuple[str, str], Path] = field(default_factory=dict)
+    dice: pd.DataFrame | None = None  # subject, contrast, dice (vs ground truth)
 
 
 def measure_cohort(
@@ -119,7 +119,23 @@ def measure_cohort(
         frames.append(table)
     columns = ["subject", "contrast", "level", "slice", *TIDY_METRICS]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    return Measured(table, failures, dict(seg_paths))
+    return Measured(table, failures)
+
+
+def dice_against_truth(
+    items: Sequence[CohortItem], root: Path, seg_paths: dict[tuple[str, str], Path]
+) -> pd.DataFrame:
+    """Dice of every segmentation against the cohort's ground truth, where there is one."""
+    rows = [
+        {
+            "subject": it.subject,
+            "contrast": it.contrast,
+            "dice": dice_score(seg_paths[(it.subject, it.contrast)], it.gt_seg.locate(root)),
+        }
+        for it in items
+        if it.gt_seg is not None and (it.subject, it.contrast) in seg_paths
+    ]
+    return pd.DataFrame(rows, columns=["subject", "contrast", "dice"])
 
 
 def to_long(table: pd.DataFrame) -> pd.DataFrame:
@@ -204,13 +220,14 @@ def find_morphometry_run(reg: Registry, info: VersionInfo, cohort: Cohort) -> st
     return runs[0].info.run_id if runs else None
 
 
-def load_morphometry_run(reg: Registry, run_id: str) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+def load_morphometry_run(reg: Registry, run_id: str) -> Measured:
+    """A version's morphometrics, failures and Dice as logged by :func:`log_morphometry_run`."""
     with tempfile.TemporaryDirectory(prefix="cordwatch-morph-") as tmp:
-        path = reg.client.download_artifacts(run_id, "morphometrics.parquet", tmp)
-        long = pd.read_parquet(path)
+        long = pd.read_parquet(reg.client.download_artifacts(run_id, "morphometrics.parquet", tmp))
+        dice = pd.read_parquet(reg.client.download_artifacts(run_id, "dice.parquet", tmp))
         fail_path = Path(reg.client.download_artifacts(run_id, "failures.json", tmp))
         failures = json.loads(fail_path.read_text())
-    return to_wide(long), failures
+    return Measured(to_wide(long), failures, dice)
 
 
 def log_morphometry_run(
@@ -232,9 +249,16 @@ def log_morphometry_run(
         with tempfile.TemporaryDirectory(prefix="cordwatch-morph-") as tmp:
             parquet = Path(tmp) / "morphometrics.parquet"
             to_long(measured.table).to_parquet(parquet, index=False)
+            dice = (
+                measured.dice
+                if measured.dice is not None
+                else pd.DataFrame(columns=["subject", "contrast", "dice"])
+            )
+            dice.to_parquet(Path(tmp) / "dice.parquet", index=False)
             (Path(tmp) / "failures.json").write_text(json.dumps(measured.failures, indent=2))
             (Path(tmp) / "provenance.json").write_text(json.dumps(provenance, indent=2))
-            for name in ("morphometrics.parquet", "failures.json", "provenance.json"):
+            names = ("morphometrics.parquet", "dice.parquet", "failures.json", "provenance.json")
+            for name in names:
                 reg.client.log_artifact(run_id, str(Path(tmp) / name))
         summary = level_summary(measured.table)
         summary["n_images"] = float(measured.table.groupby(["subject", "contrast"]).ngroups)
@@ -287,8 +311,7 @@ def evaluate_version(
 
     run_id = find_morphometry_run(reg, info, cohort)
     if run_id is not None:
-        table, failures = load_morphometry_run(reg, run_id)
-        return Measured(table, failures)
+        return load_morphometry_run(reg, run_id)
     package = reg.pull(info.ref)
     manifest = reg.resolve(info.ref, manifest=True).manifest
     images = [
@@ -315,7 +338,8 @@ def evaluate_version(
             )
     measured = measure_cohort(cohort.items, root, seg_paths)
     measured.failures = failures + measured.failures
-    if not measured.failures or len(measured.failures) < len(cohort.items):
+    measured.dice = dice_against_truth(cohort.items, root, seg_paths)
+    if len(measured.failures) < len(cohort.items):
         log_morphometry_run(reg, info, cohort, measured, provenance)
     return measured
 
@@ -337,25 +361,14 @@ def ground_truth(cohort: Cohort, root: Path) -> pd.DataFrame | None:
     return measure_cohort(cohort.items, root, paths).table
 
 
-def dice_table(
-    cohort: Cohort, root: Path, segs: dict[str, dict[tuple[str, str], Path]]
-) -> pd.DataFrame | None:
-    rows = []
-    for it in cohort.items:
-        if it.gt_seg is None:
-            continue
-        for version, paths in segs.items():
-            key = (it.subject, it.contrast)
-            if key in paths:
-                rows.append(
-                    {
-                        "subject": it.subject,
-                        "contrast": it.contrast,
-                        "version": version,
-                        "dice": dice_score(paths[key], it.gt_seg.locate(root)),
-                    }
-                )
-    return pd.DataFrame(rows) if rows else None
+def dice_table(measured: dict[str, Measured]) -> pd.DataFrame | None:
+    """``subject, contrast, version, dice`` for compare, from each role's Dice."""
+    frames = [
+        m.dice.assign(version=role)
+        for role, m in measured.items()
+        if m.dice is not None and not m.dice.empty
+    ]
+    return pd.concat(frames, ignore_index=True) if len(frames) == 2 else None
 
 
 def run_check(
@@ -415,8 +428,7 @@ def run_check(
             "no segmentation could be measured for one of the versions", cohort.manifest
         )
     gt = ground_truth(cohort, cohort_root)
-    segs = {role: m.seg_paths for role, m in measured.items() if m.seg_paths}
-    dice = dice_table(cohort, cohort_root, segs) if len(segs) == 2 else None
+    dice = dice_table(measured)
     result = drift_result(
         base_t,
         cand_t,

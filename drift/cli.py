@@ -6,6 +6,8 @@ that ``cordwatch --help`` stays fast.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from drift import __version__
@@ -14,6 +16,7 @@ from drift.cli_common import SETTINGS, command
 from drift.cli_drift import drift_app
 from drift.cli_models import models_app
 from drift.cli_morphometry import morphometry
+from registry.errors import GateFailed
 
 app = typer.Typer(
     name="cordwatch",
@@ -49,16 +52,29 @@ app.command("morphometry")(morphometry)
 @app.command("demo")
 @command
 def demo(
-    subjects: int = typer.Option(10, "--subjects", help="Number of phantom subjects."),
+    out: Path = typer.Option(
+        Path("demo-output"), "--out", help="Where the demo registry (home/) and reports go."
+    ),
+    subjects: int = typer.Option(10, "--subjects", help="Phantom subjects for the accuracy table."),
+    keep: bool = typer.Option(
+        False, "--keep", help="Keep an existing demo registry instead of starting fresh."
+    ),
 ) -> None:
-    """Run the main job on embedded defaults: the phantom cohort, measured against truth."""
+    """Run the main job on embedded defaults: phantom accuracy, then a passing and a failing
+    drift check of the demo models (sqlite registry, local artifacts, phantom cohort, CPU).
+
+    Exit 0 when both checks end as expected (pass, then fail), 1 otherwise.
+    """
+    import shutil
+
     from rich.console import Console
     from rich.table import Table
 
-    from drift.demo import phantom_level_accuracy, summarise
+    from drift.demo import phantom_level_accuracy, run_drift_demo, summarise
 
+    console = Console(width=120)
     summary = summarise(phantom_level_accuracy(subjects))
-    table = Table(title=f"Phantom cohort ({subjects} subjects, T2w): CSA per level, mm²")
+    table = Table(title=f"1. The instrument: phantom CSA per level ({subjects} subjects), mm²")
     for col in (
         "level",
         "n",
@@ -83,7 +99,30 @@ def demo(
             f"{row.binary_exact:.2f}",
             f"{row.binary_exact_err_pct:+.2f}",
         )
-    Console(width=120).print(table)
+    console.print(table)
+
+    home = out / "home"
+    if home.exists() and not keep:
+        shutil.rmtree(home)
+    console.print("\n[bold]2. The gate[/]: demo models on the phantom cohort")
+    checks = run_drift_demo(home.resolve(), out.resolve(), lambda m: console.print(f"[dim]{m}[/]"))
+    result = Table(title="Drift checks (candidate vs champion)")
+    for col in ("check", "candidate", "verdict", "area scaling per level", "report"):
+        result.add_column(col)
+    for chk in checks:
+        factors = " ".join(f"{lv} {f:.3f}" for lv, f in chk.area_factors.items())
+        style = "green" if chk.as_expected else "bold red"
+        result.add_row(
+            chk.label,
+            chk.candidate,
+            f"[{style}]{chk.verdict}[/]",
+            factors,
+            str(chk.report / "report.html"),
+        )
+    console.print(result)
+    if not all(chk.as_expected for chk in checks):
+        raise GateFailed("a demo check did not end as expected (see the table above)")
+    console.print("both checks ended as expected: the re-train passes, the biased model fails")
 
 
 app.add_typer(

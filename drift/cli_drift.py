@@ -420,6 +420,7 @@ def check(
     run_id = record_verdict(chk, outputs, registry)
     console.print(
         f"recorded on {chk.candidate.ref}: cordwatch.drift.verdict={chk.result.verdict} "
-        f"(run {run_id})"
+        f"(run {run_id})",
+        soft_wrap=True,
     )
     raise_on_fail(chk.result)

@@ -1,10 +1,17 @@
 """``cordwatch demo``: the main job on embedded defaults, on the bundled phantom cohort.
 
-Stage 1 (this module): generate the phantom cohort (deterministic), measure every ground-truth
-segmentation with the morphometry engine, and compare with the analytic true CSA per level.
+1. The measuring instrument: phantom subjects measured against their analytic true CSA.
+2. The gate: the demo models registered in a fresh embedded registry (sqlite + local
+   artifacts), a drift check that should pass (a re-train of the champion) and one that should
+   fail (a model with a systematic CSA bias), both reports written, verdicts recorded.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,3 +61,108 @@ def summarise(per_subject: pd.DataFrame) -> pd.DataFrame:
     )
     out.insert(0, "name", [level_name(int(lv)) for lv in out.index])
     return out.reset_index()
+
+
+# ----------------------------------------------------------------- stage 2: the drift gate --
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
+DEMO_MODEL = "cordseg-demo"
+
+
+@dataclass
+class DemoCheck:
+    label: str
+    candidate: str
+    verdict: str
+    expected: tuple[str, ...]
+    report: Path
+    area_factors: dict[str, float]
+
+    @property
+    def as_expected(self) -> bool:
+        return self.verdict in self.expected
+
+
+def _good_retrain() -> Path:
+    """The re-train of the good model with another seed, or the good model itself."""
+    seed2 = MODELS_DIR / "demo-good-seed2"
+    return seed2 if (seed2 / "plans.json").is_file() else MODELS_DIR / "demo-good"
+
+
+def run_drift_demo(home: Path, out: Path, say: Callable[[str], None]) -> list[DemoCheck]:
+    """Register the demo models in a fresh embedded registry at ``home``, run a check that
+    should pass (a re-train of the champion) and one that should fail (the biased model),
+    writing both reports under ``out``."""
+    from drift.check import record_verdict, run_check
+    from drift.cli_drift import emit_result
+    from registry.api import connect
+
+    os.environ["CORDWATCH_HOME"] = str(home)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the demo always runs on embedded defaults
+    reg = connect(None, home)
+    say(f"registry: {reg.tracking_uri}")
+    v1 = reg.register(
+        DEMO_MODEL,
+        MODELS_DIR / "demo-good",
+        tags={"task": "spinal-cord", "contrasts": "T1w,T2w,T2star"},
+        description="demo-good: tiny nnU-Net v2 trained on phantom binary ground truth",
+    )
+    reg.promote(
+        v1.ref,
+        "champion",
+        force=True,
+        reason="first champion of the demo registry: no earlier version to gate against",
+    )
+    say(f"{v1.ref} registered and made champion (forced, recorded in the alias history)")
+    checks = []
+    plan = [
+        ("re-train of the champion (should pass)", _good_retrain(), ("pass", "warn"), "pass"),
+        (
+            "biased model, trained on dilated labels (should fail)",
+            MODELS_DIR / "demo-biased",
+            ("fail",),
+            "fail",
+        ),
+    ]
+    for label, path, expected, folder in plan:
+        info = reg.register(
+            DEMO_MODEL,
+            path,
+            alias="candidate",
+            tags={"parent": str(v1.version)},
+            description=f"{path.name}: {label}",
+        )
+        say(f"{info.ref} registered as candidate: {label}")
+        chk = run_check(
+            f"{DEMO_MODEL}@candidate",
+            f"{DEMO_MODEL}@champion",
+            "phantom",
+            device="cpu",
+            progress=True,
+            on_stage=say,
+        )
+        report_dir = out / folder
+        outputs = emit_result(
+            chk.result,
+            json_out=out / f"{folder}.json",
+            report_dir=report_dir,
+            baseline_table=chk.baseline_table,
+            candidate_table=chk.candidate_table,
+            history=chk.history,
+        )
+        record_verdict(chk, outputs)
+        area = chk.result.to_dict()["metrics"]["area"]["levels"]
+        checks.append(
+            DemoCheck(
+                label,
+                info.ref,
+                chk.result.verdict,
+                expected,
+                report_dir,
+                {lv: v["scaling_factor"] for lv, v in area.items() if v.get("gated")},
+            )
+        )
+        if chk.result.verdict == "pass":
+            reg.promote(info.ref, "champion")
+            say(f"{info.ref} promoted to champion (drift verdict pass)")
+    return checks
