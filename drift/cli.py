@@ -16,6 +16,7 @@ from drift.cli_common import SETTINGS, command
 from drift.cli_drift import drift_app
 from drift.cli_models import models_app
 from drift.cli_morphometry import morphometry
+from drift.cli_normative import normative_app
 from registry.errors import GateFailed
 
 app = typer.Typer(
@@ -128,6 +129,7 @@ app.add_typer(
 )
 app.add_typer(drift_app, name="drift", help="Morphometric drift between two model versions.")
 app.add_typer(cohort_app, name="cohort", help="Frozen cohort manifests: list, show, verify.")
+app.add_typer(normative_app, name="normative", help="Normative databases linked to models.")
 
 if __name__ == "__main__":  # pragma: no cover
     app()

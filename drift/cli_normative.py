@@ -1,0 +1,542 @@
+"""``cordwatch normative ...``: versioned normative databases (a thin shell over
+:mod:`drift.normative`).
+
+    cordwatch normative import DIR --name NAME [--model NAME/VERSION]
+    cordwatch normative list [--json]
+    cordwatch normative show NAME@VERSION [--json]
+    cordwatch normative summary NAME@VERSION [--sex F] [--age 20:40] [--vendor Siemens] [--json]
+    cordwatch normative update NAME --model NAME/VERSION --scaling RESULT.json [--assume-baseline]
+    cordwatch normative update NAME --model NAME/VERSION --recompute --cohort MANIFEST [--root DIR]
+    cordwatch normative export NAME@VERSION DIR
+    cordwatch normative zscore SUBJECT.csv --db NAME@VERSION [--sex F] [--age 20:40]
+                               [--vendor Siemens] [--model NAME/VERSION] [--json]
+
+A database reference is ``NAME@VERSION``, ``NAME@latest`` or ``NAME`` (the latest).
+``import`` and ``update`` print the new version number alone on the last line of stdout (a
+workflow reads it). Loud warnings go to stderr. Exit codes: 0 ok, 2 bad input, refused
+rescale or model mismatch, integrity or registry error (one line on stderr naming the file).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from drift.cli_common import command, print_json
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from drift.normative import Filters, NormativeVersion
+    from registry.api import Registry
+
+normative_app = typer.Typer(
+    help="Versioned normative databases (SCT's PAM50 layout) linked to the model that made them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_WIDTH = 160
+
+
+@normative_app.callback()
+def normative(
+    ctx: typer.Context,
+    registry: str | None = typer.Option(
+        None,
+        "--registry",
+        metavar="URI",
+        help="Registry URI: sqlite:///PATH.db, postgresql://..., or http(s)://MLFLOW-SERVER. "
+        "Default: $MLFLOW_TRACKING_URI, else sqlite:///$CORDWATCH_HOME/registry.db.",
+    ),
+) -> None:
+    """Versioned normative databases (SCT's PAM50 layout) linked to the model that made them."""
+    ctx.ensure_object(dict)["registry"] = registry
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def _registry(ctx: typer.Context) -> Registry:
+    from registry.api import connect
+
+    return connect((ctx.obj or {}).get("registry"))
+
+
+def _warn(message: str) -> None:
+    typer.secho(f"cordwatch: WARNING: {message}", fg="red", bold=True, err=True)
+
+
+_JSON = typer.Option(False, "--json", help="Print JSON (for scripts and CI) instead of text.")
+_SEX = typer.Option(None, "--sex", metavar="M|F", help="Only reference subjects of this sex.")
+_AGE = typer.Option(
+    None,
+    "--age",
+    metavar="LO:HI",
+    help="Only reference subjects aged LO to HI (inclusive; '60:' and ':30' are open-ended).",
+)
+_VENDOR = typer.Option(
+    None,
+    "--vendor",
+    metavar="NAME",
+    help="Only reference subjects scanned on this manufacturer (e.g. Siemens, GE, Philips).",
+)
+
+
+def _filters(sex: str | None, age: str | None, vendor: str | None) -> Filters:
+    from drift.normative import Filters, parse_age_range
+    from registry.errors import InputError
+
+    if sex is not None and sex.strip().upper() not in ("M", "F"):
+        raise InputError("--sex must be M or F", sex)
+    return Filters(
+        sex=None if sex is None else sex.strip().upper(),
+        age=parse_age_range(age),
+        vendor=vendor.strip() if vendor else None,
+    )
+
+
+def _fmt(x: Any, spec: str = ".2f") -> str:
+    import math
+
+    try:
+        value = float(x)
+    except (TypeError, ValueError):
+        return "-"
+    return format(value, spec) if math.isfinite(value) else "-"
+
+
+def _version_lines(v: NormativeVersion) -> list[str]:
+    return [
+        f"{v.ref}",
+        f"  kind:         {v.kind}",
+        f"  model:        {v.model or '- (not recorded)'}",
+        f"  source:       {v.source}",
+        f"  parent:       {v.parent if v.parent is not None else '-'}",
+        f"  subjects:     {v.n_subjects} ({v.contrast})",
+        f"  files sha256: {v.files_sha256}",
+        f"  sha256:       {v.sha256} (manifest.json)",
+        f"  created:      {v.created} by {v.created_by}",
+        f"  run:          {v.run_id}",
+    ]
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    from drift.normative import jsonable
+
+    return list(jsonable(df.to_dict("records")))
+
+
+def _summary_table(table: pd.DataFrame, title: str) -> Any:
+    from rich.table import Table
+
+    from drift.normative import PERCENTILES
+
+    out = Table(title=title, title_justify="left")
+    for col in ("metric", "level", "n", "mean", "SD", *(f"p{q:g}" for q in PERCENTILES)):
+        out.add_column(col, justify="left" if col in ("metric", "level") else "right")
+    for r in table.to_dict("records"):
+        out.add_row(
+            r["metric"],
+            r["level_name"],
+            str(r["n"]),
+            _fmt(r["mean"]),
+            _fmt(r["sd"]),
+            *(_fmt(r[f"p{q:g}"]) for q in PERCENTILES),
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------- import ---
+
+
+@normative_app.command("import")
+@command
+def import_(
+    ctx: typer.Context,
+    directory: Path = typer.Argument(
+        ...,
+        metavar="DIR",
+        help="SCT's normative layout: DIR/spinal_cord/sub-*_<contrast>_PAM50.csv + "
+        "DIR/participants.tsv (or DIR holding the CSVs itself).",
+    ),
+    name: str = typer.Option(..., "--name", metavar="NAME", help="Database name."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        metavar="NAME/VERSION",
+        help="Registered model version that produced the values (aliases are resolved).",
+    ),
+) -> None:
+    """Store a database folder as the next version of NAME.
+
+    Every CSV is validated; the files are stored byte for byte with a sha256 manifest. Prints
+    the new version number on the last line.
+    """
+    from drift.normative import import_db
+
+    v = import_db(directory, name, model, registry=_registry(ctx))
+    typer.echo(
+        f"imported {v.n_subjects} subjects ({v.contrast}) from {directory} as {v.ref} "
+        f"(model {v.model or 'not recorded'})"
+    )
+    if not v.model:
+        _warn(f"{v.ref} records no model: z-scores against it cannot check model consistency")
+    typer.echo(f"files sha256 {v.files_sha256}")
+    typer.echo(str(v.version))
+
+
+# ----------------------------------------------------------------------------------- list ---
+
+
+@normative_app.command("list")
+@command
+def list_(ctx: typer.Context, json_out: bool = _JSON) -> None:
+    """Every version of every normative database, by name and version number."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from drift.normative import list_databases
+
+    versions = list_databases(registry=_registry(ctx))
+    if json_out:
+        print_json([v.to_dict() for v in versions])
+        return
+    if not versions:
+        typer.echo("no normative database")
+        return
+    table = Table(title="Normative databases")
+    for col in ("database", "kind", "model", "subjects", "parent", "created", "files sha256"):
+        table.add_column(col)
+    for v in versions:
+        table.add_row(
+            v.ref,
+            v.kind,
+            v.model or "-",
+            str(v.n_subjects),
+            "-" if v.parent is None else str(v.parent),
+            v.created,
+            v.files_sha256[:12],
+        )
+    Console(width=_WIDTH).print(table)
+
+
+# ----------------------------------------------------------------------------------- show ---
+
+
+@normative_app.command("show")
+@command
+def show(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., metavar="NAME@VERSION", help="NAME@VERSION, NAME@latest, NAME."),
+    json_out: bool = _JSON,
+) -> None:
+    """One version: metadata, how it was made and its per-level summary."""
+    from rich.console import Console
+
+    from drift.normative import show as show_version
+
+    info = show_version(ref, registry=_registry(ctx))
+    v: NormativeVersion = info["version"]
+    if json_out:
+        doc = v.to_dict() | {
+            "records": info["records"],
+            "n_participants": info["n_participants"],
+            "summary": _records(info["summary"]),
+            "factors": None if info["factors"] is None else _records(info["factors"]),
+        }
+        print_json(doc)
+        return
+    typer.echo("\n".join(_version_lines(v)))
+    rescale = info["records"].get("rescale")
+    if rescale:
+        typer.echo(f"  note:         {rescale['note']}")
+        typer.echo(
+            f"  drift result: sha256 {rescale['drift_result_sha256']} "
+            f"(baseline {rescale['drift_result_baseline']}, verdict {rescale['drift_verdict']})"
+        )
+        if rescale.get("overrides"):
+            typer.echo(f"  overridden:   {'; '.join(rescale['overrides'])}")
+        if rescale.get("blanked_levels"):
+            typer.echo(f"  emptied:      {rescale['blanked_levels']}")
+    factors = info["factors"]
+    console = Console(width=_WIDTH)
+    if factors is not None and not factors.empty:
+        from rich.table import Table
+
+        t = Table(title="Scaling factors used (candidate / baseline)", title_justify="left")
+        for col in ("metric", "level", "factor", "95 % CI", "slice CoV %", "subjects", "used"):
+            t.add_column(col)
+        for r in factors.to_dict("records"):
+            t.add_row(
+                r["metric"],
+                r["level_name"],
+                _fmt(r["scaling_factor"], ".4f"),
+                f"[{_fmt(r['ci95_low'], '.4f')}, {_fmt(r['ci95_high'], '.4f')}]",
+                _fmt(r["slicewise_cov_pct"]),
+                str(r["n_subjects"]),
+                "yes" if r["used"] else "no",
+            )
+        console.print(t)
+    table = info["summary"]
+    console.print(
+        _summary_table(
+            table[table["metric"].isin(["area", "diameter_AP", "diameter_RL"])],
+            f"Per-level summary of subject level means, all {v.n_subjects} subjects",
+        )
+    )
+
+
+# -------------------------------------------------------------------------------- summary ---
+
+
+@normative_app.command("summary")
+@command
+def summary(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., metavar="NAME@VERSION", help="NAME@VERSION, NAME@latest, NAME."),
+    sex: str | None = _SEX,
+    age: str | None = _AGE,
+    vendor: str | None = _VENDOR,
+    metric: list[str] = typer.Option(
+        [],
+        "--metric",
+        metavar="METRIC",
+        help="Metric to summarise (repeatable; default: area, diameters, eccentricity, "
+        "solidity, orientation, angles).",
+    ),
+    json_out: bool = _JSON,
+) -> None:
+    """Per-level mean, SD and percentiles of the subjects' level means, filtered."""
+    from rich.console import Console
+
+    from drift.normative import SUMMARY_METRICS, resolve
+    from drift.normative import summary as summarise
+
+    reg = _registry(ctx)
+    filters = _filters(sex, age, vendor)
+    version = resolve(ref, registry=reg)
+    table = summarise(
+        version.ref,
+        filters.sex,
+        filters.age,
+        filters.vendor,
+        metrics=tuple(metric) or SUMMARY_METRICS,
+        registry=reg,
+    )
+    if json_out:
+        print_json(
+            {
+                "database": version.ref,
+                "model": version.model,
+                "filters": filters.to_dict(),
+                "levels": _records(table),
+            }
+        )
+        return
+    Console(width=_WIDTH).print(
+        _summary_table(
+            table,
+            f"{version.ref} (model {version.model or 'not recorded'}), {filters.describe()}",
+        )
+    )
+
+
+# --------------------------------------------------------------------------------- update ---
+
+
+@normative_app.command("update")
+@command
+def update(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., metavar="NAME", help="Database to update."),
+    model: str = typer.Option(
+        ...,
+        "--model",
+        metavar="NAME/VERSION",
+        help="The model version the new database version is for (e.g. the promoted one).",
+    ),
+    scaling: Path | None = typer.Option(
+        None,
+        "--scaling",
+        metavar="RESULT.json",
+        help="Rescale from this drift result (cordwatch drift check --json), whose baseline "
+        "must be the database's model and candidate --model.",
+    ),
+    recompute: bool = typer.Option(
+        False, "--recompute", help="Recompute: segment --cohort with --model and measure it."
+    ),
+    cohort: str | None = typer.Option(
+        None, "--cohort", metavar="MANIFEST", help="Cohort for --recompute (name or .tsv path)."
+    ),
+    root: Path | None = typer.Option(
+        None, "--root", metavar="DIR", help="Where the cohort's images are (--recompute)."
+    ),
+    contrast: str | None = typer.Option(
+        None,
+        "--contrast",
+        metavar="CONTRAST",
+        help="Contrast to keep for --recompute (default: the database's, e.g. T2w).",
+    ),
+    participants: Path | None = typer.Option(
+        None,
+        "--participants",
+        metavar="TSV",
+        help="participants.tsv for --recompute (default: the previous version's rows).",
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="Inference device for --recompute: auto, cpu or cuda."
+    ),
+    assume_baseline: bool = typer.Option(
+        False,
+        "--assume-baseline",
+        help="Rescale although the drift result or the database does not name the models "
+        "(or they differ); recorded in the new version.",
+    ),
+    policy: Path | None = typer.Option(
+        None,
+        "--policy",
+        metavar="FILE",
+        help="Rescale policy (default: reference_data/normative_policy.yaml).",
+    ),
+) -> None:
+    """Make the next version for a new model (rescale or recompute).
+
+    --scaling RESULT.json rescales the latest version by the drift result's factors
+    (refused when the scaling is not uniform, see reference_data/normative_policy.yaml);
+    --recompute segments a cohort with --model. Prints the new version number on the last
+    line.
+    """
+    from drift.normative import update as do_update
+
+    result = do_update(
+        name,
+        model,
+        scaling,
+        recompute=recompute,
+        cohort=cohort,
+        root=root,
+        contrast=contrast,
+        participants=participants,
+        device=device,
+        progress=False,
+        assume_baseline=assume_baseline,
+        policy_path=policy,
+        registry=_registry(ctx),
+    )
+    v = result.version
+    for note in result.notes:
+        if note.startswith("--assume-baseline"):
+            _warn(note)
+        else:
+            typer.echo(f"note: {note}")
+    parent = f" from {v.name}@{v.parent}" if v.parent is not None else ""
+    typer.echo(f"{v.kind}{parent} -> {v.ref} for model {v.model} ({v.n_subjects} subjects)")
+    typer.echo(f"files sha256 {v.files_sha256}")
+    typer.echo(str(v.version))
+
+
+# --------------------------------------------------------------------------------- export ---
+
+
+@normative_app.command("export")
+@command
+def export(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., metavar="NAME@VERSION", help="NAME@VERSION, NAME@latest, NAME."),
+    directory: Path = typer.Argument(..., metavar="DIR", help="New or empty output folder."),
+) -> None:
+    """Write a version in SCT's layout, for sct_compute_compression -normalize-hc 1.
+
+    spinal_cord/*.csv and participants.tsv exactly as stored, plus PROVENANCE.md and
+    cordwatch/ (manifest, version record, rescale records).
+    """
+    from drift.normative import export_db
+
+    out = export_db(ref, directory, registry=_registry(ctx))
+    typer.echo(str(out))
+
+
+# --------------------------------------------------------------------------------- zscore ---
+
+
+@normative_app.command("zscore")
+@command
+def zscore(
+    ctx: typer.Context,
+    subject_csv: Path = typer.Argument(
+        ...,
+        metavar="SUBJECT.csv",
+        help="The subject's PAM50-normalised per-slice CSV (sct_process_segmentation "
+        "-perslice 1 -normalize-PAM50 1).",
+    ),
+    db: str = typer.Option(
+        ..., "--db", metavar="NAME@VERSION", help="Normative database version to compare with."
+    ),
+    sex: str | None = _SEX,
+    age: str | None = _AGE,
+    vendor: str | None = _VENDOR,
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        metavar="NAME/VERSION",
+        help="Model that segmented the subject; must be the database's model.",
+    ),
+    allow_model_mismatch: bool = typer.Option(
+        False,
+        "--allow-model-mismatch",
+        help="Compute z-scores although the subject's model is not the database's (warns).",
+    ),
+    json_out: bool = _JSON,
+) -> None:
+    """Per-level z-scores and percentiles of a subject against a normative database."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from drift.normative import zscore as compute
+
+    filters = _filters(sex, age, vendor)
+    result = compute(
+        subject_csv,
+        db,
+        filters.sex,
+        filters.age,
+        filters.vendor,
+        model,
+        allow_model_mismatch=allow_model_mismatch,
+        registry=_registry(ctx),
+    )
+    for w in result.warnings:
+        _warn(w)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    v = result.database
+    table = Table(
+        title=f"{result.subject} vs {v.ref} (model {v.model or 'not recorded'}; "
+        f"{result.n_reference} reference subjects, {filters.describe()})",
+        title_justify="left",
+    )
+    for col in ("metric", "level", "subject", "ref mean", "ref SD", "n", "z", "percentile"):
+        table.add_column(col, justify="left" if col in ("metric", "level") else "right")
+    for r in result.table.to_dict("records"):
+        table.add_row(
+            r["metric"],
+            r["level_name"],
+            _fmt(r["value"], ".3f"),
+            _fmt(r["mean"], ".3f"),
+            _fmt(r["sd"], ".3f"),
+            str(r["n"]),
+            _fmt(r["z"], "+.2f"),
+            _fmt(r["percentile"], ".1f"),
+        )
+    Console(width=_WIDTH).print(table)
+    typer.echo(f"model check: {result.model_check}")
