@@ -1672,3 +1672,85 @@ def test_gate_and_release_with_the_real_registry(tmp_path: Path, cordwatch_home:
     assert record["sha256"] == champion.sha256 == candidate.sha256
     assert record["baseline_version"] == 1
     assert [c["argv"][:2] for c in box.calls()][-1] == ["models", "promote"]
+
+
+DEMO_MODELS = REPO / "models" / "demo"
+
+
+@pytest.mark.slow
+def test_gate_end_to_end_on_the_phantom_cohort(tmp_path: Path, cordwatch_home: Path) -> None:
+    """The drift-gate job's own steps, with the real cordwatch, the demo models and a small
+    phantom cohort on the CPU: the champion's weights pass, the biased model turns the job red,
+    and both write the verdict summary (Markdown) to the step summary."""
+    from drift.cohort import PhantomRecipe, write_phantom_manifest
+    from registry.api import connect
+
+    manifest = write_phantom_manifest(
+        tmp_path / "cohorts",
+        name="phantom-gate",
+        recipe=PhantomRecipe(n_subjects=5, seed=3, contrasts=("T2w",)),
+    )
+    reg = connect()
+    reg.register("sc-demo", DEMO_MODELS / "demo-good")
+    reg.promote("sc-demo/1", "champion", force=True, reason="initial champion")
+    variables = {
+        "CORDWATCH_HOME": str(cordwatch_home),
+        "CORDWATCH_COHORT": str(manifest),
+        "CORDWATCH_DEVICE": "cpu",
+    }
+    runs = {}
+    for label, package in (("pass", "demo-good"), ("fail", "demo-biased")):
+        box = make_sandbox(tmp_path / label, package=DEMO_MODELS / package, real_cordwatch=True)
+        box.env_extra = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+        runs[label] = _gate(box, pr_context(secrets={}, vars=variables))
+    assert runs["pass"].status == "success", runs["pass"].failures()
+    assert runs["fail"].status == "failure"
+    assert "PASS" in runs["pass"].summary and "area C3" not in runs["pass"].summary
+    assert "FAIL" in runs["fail"].summary
+    assert "area C3: scaling 1.0" in runs["fail"].summary
+    assert reg.resolve("sc-demo/2").tags["cordwatch.drift.verdict"] == "pass"
+    assert reg.resolve("sc-demo/3").tags["cordwatch.drift.verdict"] == "fail"
+    assert reg.resolve("sc-demo@champion").version == 1
+
+
+def _cli_tree() -> dict[tuple[str, ...], set[str]]:
+    """Every real ``cordwatch`` command path -> its option names."""
+    import typer.main
+
+    from drift.cli import app
+
+    tree: dict[tuple[str, ...], set[str]] = {}
+
+    def walk(cmd: Any, path: tuple[str, ...], inherited: set[str]) -> None:
+        opts = inherited | {
+            o for p in cmd.params for o in getattr(p, "opts", []) if p.param_type_name == "option"
+        }
+        opts |= {o for p in cmd.params for o in getattr(p, "secondary_opts", [])}
+        tree[path] = opts
+        for name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, (*path, name), opts if path else set())
+
+    walk(typer.main.get_command(app), (), set())
+    return tree
+
+
+def test_workflows_call_only_real_commands_and_options() -> None:
+    tree = _cli_tree()
+    invocations = cordwatch_invocations()
+    assert invocations
+    problems = []
+    for inv in invocations:
+        argv = [a for a in inv.argv if not a.startswith("$")]
+        path: tuple[str, ...] = ()
+        for word in argv:
+            if (*path, word) in tree:
+                path = (*path, word)
+            elif not word.startswith("-"):
+                break
+        if len(path) < 2 and path not in {("demo",), ("morphometry",)}:
+            problems.append(f"{inv.workflow}/{inv.step}: no such command {argv[:3]}")
+            continue
+        for opt in inv.options:
+            if opt.split("=")[0] not in tree[path]:
+                problems.append(f"{inv.workflow}/{inv.step}: {' '.join(path)} has no {opt}")
+    assert problems == []
