@@ -97,11 +97,7 @@ def _filters(sex: str | None, age: str | None, vendor: str | None) -> Filters:
 
     if sex is not None and sex.strip().upper() not in ("M", "F"):
         raise InputError("--sex must be M or F", sex)
-    return Filters(
-        sex=None if sex is None else sex.strip().upper(),
-        age=parse_age_range(age),
-        vendor=vendor.strip() if vendor else None,
-    )
+    return Filters(sex=sex, age=parse_age_range(age), vendor=vendor)
 
 
 def _fmt(x: Any, spec: str = ".2f") -> str:

@@ -190,6 +190,15 @@ class Filters:
     age: tuple[float | None, float | None] | None = None
     vendor: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.sex is not None:
+            sex = self.sex.strip().upper()
+            if sex not in ("M", "F"):
+                raise InputError("sex must be M or F", self.sex)
+            object.__setattr__(self, "sex", sex)
+        if self.vendor is not None:
+            object.__setattr__(self, "vendor", self.vendor.strip() or None)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "sex": self.sex,
@@ -675,7 +684,8 @@ def load_normative_policy(path: str | Path | None = None) -> NormativePolicy:
     try:
         data = yaml.load(target.read_text(encoding="utf-8"), Loader=_StrictLoader)
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise InputError(f"not valid YAML ({err.__class__.__name__})", target) from err
+        why = getattr(err, "problem", None) or err.__class__.__name__
+        raise InputError(f"not valid YAML ({why})", target) from err
     return parse_normative_policy(data, target)
 
 
@@ -1009,6 +1019,79 @@ def _int_or_none(text: str) -> int | None:
     except ValueError:
         return None
     return int(value) if math.isfinite(value) and value.is_integer() else None
+
+
+# --------------------------------------------------------------------------------------------
+# A synthetic database (tests, benchmarks, examples)
+# --------------------------------------------------------------------------------------------
+
+#: Typical healthy CSA per level (mm², C1..T2), for the synthetic database.
+_SYNTHETIC_AREA = {1: 74.0, 2: 72.0, 3: 72.5, 4: 77.0, 5: 76.0, 6: 69.0, 7: 57.0, 8: 47.0, 9: 42.0}
+
+
+def write_synthetic_db(
+    root: str | Path, n_subjects: int = 8, seed: int = 0, contrast: str = "T2w"
+) -> Path:
+    """Write a small normative database in SCT's layout (``root/spinal_cord/*.csv`` +
+    ``root/participants.tsv``), seeded: every subject is the level means x its own scale
+    (SD 8 %) x a gentle wave along the slices; levels C1..T2 are filled, the others empty
+    (as in SCT's files). Sex alternates F/M, age 21, 24, ..., vendor Siemens/GE/Philips.
+    Returns ``root``.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    lookup = _pam50_level_of_slice()
+    slices = np.flatnonzero(lookup > 0)
+    levels = lookup[slices]
+    rows = []
+    for i in range(n_subjects):
+        subject = f"sub-syn{i + 1:02d}"
+        scale = float(rng.normal(1.0, 0.08))
+        base = np.array([_SYNTHETIC_AREA.get(int(lv), np.nan) for lv in levels])
+        area = base * scale * (1 + 0.01 * np.sin(slices / 5.0 + i))
+        frame = pd.DataFrame(
+            {
+                "Timestamp": "2025-01-30 15:37:23",
+                "SCT Version": "synthetic",
+                "Filename": f"{subject}/anat/{subject}_{contrast}_label-SC_seg.nii.gz",
+                "Slice (I->S)": slices,
+                "VertLevel": levels,
+                "DistancePMJ": np.nan,
+            }
+        )
+        shape = rng.normal(0.0, 1.0, 4)  # the subject's own shape, angles and orientation
+        cord = np.isfinite(area)
+        values = {
+            "area": area,
+            "angle_AP": np.where(cord, 0.5 * np.cos(slices / 30.0) + shape[0], np.nan),
+            "angle_RL": np.where(cord, 10.0 * np.sin(slices / 40.0) + 3 * shape[1], np.nan),
+            "diameter_AP": 0.85 * np.sqrt(area),
+            "diameter_RL": 1.45 * np.sqrt(area),
+            "eccentricity": np.where(
+                cord, 0.75 + 0.02 * np.sin(slices / 7.0) + 0.03 * shape[2], np.nan
+            ),
+            "orientation": np.where(cord, 2.0 * np.cos(slices / 9.0) + shape[3], np.nan),
+            "solidity": np.where(
+                cord, 0.96 + 0.01 * np.cos(slices / 11.0) + 0.005 * shape[2], np.nan
+            ),
+        }
+        for m, v in values.items():
+            frame[f"MEAN({m})"] = v
+            frame[f"STD({m})"] = np.where(np.isfinite(v), 0.0, np.nan)
+        frame["SUM(length)"] = np.nan
+        path = root / DATA_DIR / f"{subject}_{contrast}_PAM50.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame[COLUMNS_23].to_csv(path, index=False)
+        rows.append(
+            {
+                "participant_id": subject,
+                "sex": "FM"[i % 2],
+                "age": 21 + 3 * i,
+                "manufacturer": ("Siemens", "GE", "Philips")[i % 3],
+            }
+        )
+    pd.DataFrame(rows).to_csv(root / PARTICIPANTS, sep="\t", index=False)
+    return root
 
 
 # --------------------------------------------------------------------------------------------
@@ -1718,7 +1801,7 @@ def _recompute(
         progress=progress,
         provenance=provenance,
     )
-    table = measured.table[measured.table["contrast"] == wanted]
+    table = pam50_measurements(measured.table[measured.table["contrast"] == wanted])
     if table.empty:
         raise InputError(f"no {wanted} image of the cohort could be measured", cohort.manifest)
     notes = [f"{len(measured.failures)} image(s) of the cohort failed"] if measured.failures else []
@@ -1773,6 +1856,26 @@ def _recompute(
     return UpdateResult(version, notes)
 
 
+def pam50_measurements(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a tidy PAM50 table that hold a measurement at a slice of its own PAM50
+    level, one per (subject, contrast, slice). (A table reloaded from a logged run may also
+    hold empty rows for other (level, slice) combinations.)
+
+    >>> t = pd.DataFrame({"subject": "s", "contrast": "T2w", "level": [3, 4, 3],
+    ...                   "slice": [880, 880, 881], "area": [70.0, np.nan, np.nan]})
+    >>> pam50_measurements(t)[["level", "slice", "area"]].values.tolist()
+    [[3.0, 880.0, 70.0]]
+    """
+    metrics = [c for c in table.columns if c not in ("subject", "contrast", "level", "slice")]
+    lookup = _pam50_level_of_slice()
+    slices = table["slice"].to_numpy(dtype=int)
+    inside = (slices >= 0) & (slices < len(lookup))
+    own = inside & (lookup[np.clip(slices, 0, len(lookup) - 1)] == table["level"].to_numpy(int))
+    keep = own & table[metrics].notna().any(axis=1).to_numpy()
+    out = table[keep]
+    return out.drop_duplicates(["subject", "contrast", "slice"]).reset_index(drop=True)
+
+
 def pam50_rows(table: pd.DataFrame) -> pd.DataFrame:
     """One subject's tidy PAM50 table -> SCT's per-slice rows: every PAM50 slice of the
     levels C1..L1 (ascending), ``MEAN(m)`` where measured, ``STD(m)`` 0.0 beside each value
@@ -1824,7 +1927,7 @@ def _participants_for(
     else:
         source = pd.DataFrame({"participant_id": [], "sex": [], "age": [], "manufacturer": []})
     table = source.set_index("participant_id")
-    rows = table.reindex(list(subjects)).fillna("n/a")
+    rows = table.reindex(list(subjects)).astype(object).fillna("n/a")
     return rows.reset_index()
 
 
@@ -1985,6 +2088,7 @@ __all__ = [
     "subject_level_means",
     "summary",
     "update",
+    "write_synthetic_db",
     "zscore",
     "zscore_table",
 ]
