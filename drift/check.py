@@ -150,14 +150,9 @@ def to_long(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_wide(long: pd.DataFrame) -> pd.DataFrame:
-    """Inverse of :func:`to_long`."""
-    wide = long.pivot_table(
-        index=["subject", "contrast", "level", "slice"],
-        columns="metric",
-        values="value",
-        aggfunc="first",
-        dropna=False,
-    ).reset_index()
+    """Inverse of :func:`to_long` (only the rows that were there; NaN values kept)."""
+    keys = ["subject", "contrast", "level", "slice"]
+    wide = long.set_index([*keys, "metric"])["value"].unstack("metric").reset_index()
     wide.columns.name = None
     return wide
 

@@ -266,3 +266,23 @@ def test_injected_scaling_through_the_instrument_is_recovered(tmp_path: Path) ->
             assert lo - 1e-3 <= scale <= hi + 1e-3, (level, stats)
             assert stats["scaling_factor"] == pytest.approx(scale, abs=2e-3)
     assert np.isfinite(base["area"]).mean() > 0.95
+
+
+def test_long_wide_round_trip_keeps_rows_and_nans() -> None:
+    import pandas as pd
+
+    from drift.check import to_long, to_wide
+
+    table = pd.DataFrame(
+        {
+            "subject": ["a", "a", "b"],
+            "contrast": ["T2w"] * 3,
+            "level": [2, 3, 2],
+            "slice": [900, 880, 901],
+            "area": [70.0, np.nan, 71.0],
+            "diameter_AP": [7.0, 8.0, np.nan],
+        }
+    )
+    back = to_wide(to_long(table))
+    assert len(back) == 3  # no cartesian product of subjects x levels x slices
+    pd.testing.assert_frame_equal(back[table.columns], table, check_dtype=False)
