@@ -29,13 +29,14 @@ from registry.errors import CordwatchError, InputError
 
 if TYPE_CHECKING:
     from drift.cohort import Cohort, CohortItem
+    from drift.morphometry import AngleCorrection
     from drift.policy import DriftResult, Policy
     from registry.api import Registry, VersionInfo
 
 MORPHOMETRY_EXPERIMENT = "cordwatch-morphometrics"
 DRIFT_EXPERIMENT = "cordwatch-drift"
 MORPHOMETRY_REVISION = 1  # bump when the measuring instrument changes what it outputs
-ANGLE_CORRECTION = "exact"
+ANGLE_CORRECTION: AngleCorrection = "exact"
 TIDY_METRICS = (
     "area",
     "diameter_AP",

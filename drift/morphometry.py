@@ -276,16 +276,16 @@ def slice_metrics(
     weights = binary.astype(np.float32)
     per_x = weights.sum(axis=1)  # (nx_up, slices)
     per_y = weights.sum(axis=0)  # (ny_up, slices)
-    xs = (np.arange(binary.shape[0]) + 0.5) * upx
-    ys = (np.arange(binary.shape[1]) + 0.5) * upy
+    x_mm = (np.arange(binary.shape[0]) + 0.5) * upx
+    y_mm = (np.arange(binary.shape[1]) + 0.5) * upy
     n_bin = per_x.sum(axis=0).astype(float)
     ok = n_bin > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        mx = xs @ per_x / n_bin
-        my = ys @ per_y / n_bin
-        cxx = (xs**2) @ per_x / n_bin - mx**2 + upx**2 / 12
-        cyy = (ys**2) @ per_y / n_bin - my**2 + upy**2 / 12
-        cxy = xs @ np.einsum("xyz,y->xz", weights, ys) / n_bin - mx * my
+        mx = x_mm @ per_x / n_bin
+        my = y_mm @ per_y / n_bin
+        cxx = (x_mm**2) @ per_x / n_bin - mx**2 + upx**2 / 12
+        cyy = (y_mm**2) @ per_y / n_bin - my**2 + upy**2 / 12
+        cxy = x_mm @ np.einsum("xyz,y->xz", weights, y_mm) / n_bin - mx * my
     cov = np.stack([np.stack([cxx, cxy], -1), np.stack([cxy, cyy], -1)], -2)
     maps = _perpendicular_maps(tangent, angle_correction)
     cov = np.einsum("nij,njk,nlk->nil", maps, cov, maps)

@@ -41,13 +41,13 @@ def load_volume(path: str | Path) -> Volume:
         raise InputError("file not found", path)
     try:
         img = nib.load(str(path))
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise InputError(f"not a NIfTI image ({type(img).__name__})", path)
         data = np.asanyarray(img.dataobj)
     except nib.filebasedimages.ImageFileError as err:
         raise InputError("not a NIfTI image", path) from err
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as err:
         raise InputError(f"unreadable or corrupted file ({err})", path) from err
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise InputError(f"not a NIfTI image ({type(img).__name__})", path)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
