@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -41,3 +43,19 @@ def print_json(obj: Any) -> None:
     """Machine-readable output for CI: one JSON document on stdout."""
     json.dump(obj, sys.stdout, indent=2, sort_keys=False, default=str)
     sys.stdout.write("\n")
+
+
+REGISTRY_HELP = (
+    "Registry URI: sqlite:///PATH.db, postgresql://..., or http(s)://MLFLOW-SERVER. "
+    "Default: $MLFLOW_TRACKING_URI, else sqlite:///$CORDWATCH_HOME/registry.db."
+)
+
+
+def quiet_mlflow() -> None:
+    """Quiet, fail-fast MLflow defaults for a command line (an explicit environment wins)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
+        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"  # read when MLflow is imported
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already was
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from drift import __version__
-from drift.cli_common import command
+from drift.cli_common import REGISTRY_HELP, command, quiet_mlflow
 from registry.errors import GateFailed, InputError
 
 if TYPE_CHECKING:
@@ -372,13 +372,7 @@ def check(
     json_out: Path | None = typer.Option(
         None, "--json", metavar="OUT.json", help="Write the result as JSON (for CI) to this file."
     ),
-    registry: str | None = typer.Option(
-        None,
-        "--registry",
-        metavar="URI",
-        help="Registry URI (default: $MLFLOW_TRACKING_URI, "
-        "else the embedded sqlite store in $CORDWATCH_HOME).",
-    ),
+    registry: str | None = typer.Option(None, "--registry", metavar="URI", help=REGISTRY_HELP),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Show a progress bar during inference."
     ),
@@ -392,6 +386,7 @@ def check(
 
     from drift.check import record_verdict, run_check
 
+    quiet_mlflow()
     console = Console()
     chk = run_check(
         candidate,

@@ -16,14 +16,12 @@ drift gate, 2 bad input, integrity or registry error (one line on stderr naming 
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from drift.cli_common import command, print_json
+from drift.cli_common import REGISTRY_HELP, command, print_json, quiet_mlflow
 
 if TYPE_CHECKING:
     from registry.api import Registry
@@ -43,19 +41,12 @@ def models(
         None,
         "--registry",
         metavar="URI",
-        help="Registry URI: sqlite:///PATH.db, postgresql://..., or http(s)://MLFLOW-SERVER. "
-        "Default: $MLFLOW_TRACKING_URI, else sqlite:///$CORDWATCH_HOME/registry.db.",
+        help=REGISTRY_HELP,
     ),
 ) -> None:
     """Model registry on MLflow: register, list, show, pull, promote, history, diff."""
     ctx.ensure_object(dict)["registry"] = registry
-    # Quiet, fail-fast defaults for a command line (an explicit environment setting wins).
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
-        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"  # read when MLflow is imported
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already was
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    quiet_mlflow()
 
 
 def _registry(ctx: typer.Context) -> Registry:

@@ -19,14 +19,12 @@ rescale or model mismatch, integrity or registry error (one line on stderr namin
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from drift.cli_common import command, print_json
+from drift.cli_common import REGISTRY_HELP, command, print_json, quiet_mlflow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,18 +49,12 @@ def normative(
         None,
         "--registry",
         metavar="URI",
-        help="Registry URI: sqlite:///PATH.db, postgresql://..., or http(s)://MLFLOW-SERVER. "
-        "Default: $MLFLOW_TRACKING_URI, else sqlite:///$CORDWATCH_HOME/registry.db.",
+        help=REGISTRY_HELP,
     ),
 ) -> None:
     """Versioned normative databases (SCT's PAM50 layout) linked to the model that made them."""
     ctx.ensure_object(dict)["registry"] = registry
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    if "MLFLOW_LOGGING_LEVEL" not in os.environ:
-        os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    quiet_mlflow()
 
 
 def _registry(ctx: typer.Context) -> Registry:
