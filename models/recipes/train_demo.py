@@ -61,7 +61,7 @@ class Recipe:
     phantom_seed: int = 1
     subjects: tuple[int, ...] = tuple(range(100, 112))
     val_subjects: tuple[int, ...] = (110, 111)
-    epochs: int = 25
+    epochs: int = 50
     iterations_per_epoch: int = 40
     val_iterations_per_epoch: int = 4
     batch_size: int = 2
@@ -198,6 +198,7 @@ def train(
     OpenMP thread mostly spins waiting for a core (measured: 4x the CPU time per epoch).
     """
     started = time.perf_counter()
+    cpu_started = time.process_time()
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"cordwatch-{recipe.name}-"))
     if work.exists():
         shutil.rmtree(work)
@@ -236,6 +237,7 @@ def train(
         split["val" if subject_cases[0][:6] in val else "train"].extend(subject_cases)
     save_json([split], str(pre / "splits_final.json"))
     prepared = time.perf_counter()
+    cpu_prepared = time.process_time()
 
     # Augment in this process (nnU-Net's SingleThreadedAugmenter): no worker start-up, and the
     # seeded run is reproducible on the same machine and library versions.
@@ -255,6 +257,7 @@ def train(
     trainer.save_every = recipe.epochs + 1
     trainer.run_training()
     trained = time.perf_counter()
+    cpu_trained = time.process_time()
 
     results = Path(trainer.output_folder_base)
     ckpt = torch.load(results / "fold_0" / "checkpoint_final.pth", weights_only=False)
@@ -273,6 +276,9 @@ def train(
         "n_validation_images": len(split["val"]),
         "seconds_prepare": round(prepared - started, 1),
         "seconds_train": round(trained - prepared, 1),
+        # CPU time of this process: wall time depends on what else runs on the machine
+        "cpu_seconds_prepare": round(cpu_prepared - cpu_started, 1),
+        "cpu_seconds_train": round(cpu_trained - cpu_prepared, 1),
         "torch_threads": threads,
         "final_train_loss": float(log["train_losses"][-1]),
         "final_val_loss": float(log["val_losses"][-1]),
@@ -290,56 +296,103 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def evaluate(names: list[str], device: str = "cpu") -> dict[str, Any]:
+def evaluate(names: list[str], device: str = "cpu", models_dir: Path = DEMO_DIR) -> dict[str, Any]:
     """Dice and CSA bias of each demo model against the phantom ground truth of the demo
-    evaluation cohort, and the CSA ratio of demo-good-seed2 to demo-good.
+    evaluation cohort, and the CSA ratio of every other model to demo-good, overall and per
+    vertebral level.
 
-    CSA here is the in-plane area per axial slice (voxel count x px x py) over the slices where
-    the ground truth has cord; the bias is the geometric mean over images of
-    mean-area(model) / mean-area(GT), minus one. It is the measurement the gate makes, without
-    its angle correction (identical for both sides on the same slices).
+    CSA here is the in-plane area of the label map per axial slice (voxel count x px x py) on
+    the slices whose whole slab lies in the cord; per level, on that level's slices. A ratio is
+    the geometric mean over the 30 images of mean-area(model) / mean-area(reference); the 95 %
+    interval resamples subjects (with their three contrasts), as the gate's bootstrap does. No
+    angle correction: it is the same factor for both sides of a ratio on the same slices.
     """
     from registry.nnunet import load_predictor, predict_array
 
     subjects = [_make_subject(i, EVAL_SEED) for i in EVAL_SUBJECTS]
+    levels = sorted({int(v) for s in subjects for v in s.slice_levels} - {0})
+    # area[name][subject, contrast, level or -1 (all slices)]; NaN where a level is absent
+    shape = (len(subjects), len(CONTRASTS), len(levels) + 1)
+    gt_area = np.full(shape, np.nan)
+    area: dict[str, np.ndarray] = {}
     per_model: dict[str, dict[str, Any]] = {}
-    areas: dict[str, np.ndarray] = {}
+    for i, subject in enumerate(subjects):
+        gt_area[i] = _level_means(np.asarray(subject.binary_seg), subject, levels)
     for name in names:
-        predictor = load_predictor(DEMO_DIR / name, device=device)
-        dice, ratio, soft_ratio, seconds, model_areas = [], [], [], [], []
-        for subject in subjects:
+        predictor = load_predictor(models_dir / name, device=device)
+        area[name] = np.full(shape, np.nan)
+        dice, soft_ratio, seconds = [], [], []
+        for i, subject in enumerate(subjects):
             gt = np.asarray(subject.binary_seg) > 0
-            cord = gt.any(axis=(0, 1))
-            for contrast in CONTRASTS:
+            whole = np.isfinite(subject.true_area)
+            for j, contrast in enumerate(CONTRASTS):
                 t0 = time.perf_counter()
                 soft, binary = predict_array(predictor, subject.images[contrast], subject.spacing)
                 seconds.append(time.perf_counter() - t0)
                 pred = binary > 0
                 dice.append(2 * np.sum(pred & gt) / (pred.sum() + gt.sum()))
-                area = pred[:, :, cord].sum(axis=(0, 1)).mean()
-                model_areas.append(area)
-                ratio.append(area / gt[:, :, cord].sum(axis=(0, 1)).mean())
-                soft_ratio.append(soft[:, :, cord].sum() / gt[:, :, cord].sum())
-        areas[name] = np.asarray(model_areas)
+                area[name][i, j] = _level_means(pred, subject, levels)
+                soft_ratio.append(soft[:, :, whole].sum() / gt[:, :, whole].sum())
+        vs_gt = area[name] / gt_area
         per_model[name] = {
             "n_images": len(dice),
-            "dice_mean": float(np.mean(dice)),
-            "dice_min": float(np.min(dice)),
-            "csa_bias_vs_gt_percent": _pct(np.exp(np.mean(np.log(ratio)))),
-            "csa_bias_vs_gt_range_percent": [_pct(min(ratio)), _pct(max(ratio))],
+            "dice_mean": round(float(np.mean(dice)), 4),
+            "dice_min": round(float(np.min(dice)), 4),
+            "csa_bias_vs_gt": _ratio_summary(vs_gt[..., -1]),
+            "csa_bias_vs_gt_per_level": {
+                LEVEL_NAMES[lv]: _ratio_summary(vs_gt[..., k]) for k, lv in enumerate(levels)
+            },
             "soft_csa_bias_vs_gt_percent": _pct(np.exp(np.mean(np.log(soft_ratio)))),
-            "seconds_per_image_median": float(np.median(seconds)),
+            "seconds_per_image_median": round(float(np.median(seconds)), 2),
         }
     pairs = {}
-    if "demo-good" in areas:
-        for name in areas:
-            if name != "demo-good":
-                r = areas[name] / areas["demo-good"]
-                pairs[f"{name} / demo-good"] = {
-                    "csa_ratio_percent": _pct(np.exp(np.mean(np.log(r)))),
-                    "range_percent": [_pct(r.min()), _pct(r.max())],
-                }
-    return {"cohort": "make_subject(0..9, seed=0)", "models": per_model, "pairs": pairs}
+    for name in area:
+        if name != "demo-good" and "demo-good" in area:
+            r = area[name] / area["demo-good"]
+            pairs[f"{name} / demo-good"] = {
+                "all_slices": _ratio_summary(r[..., -1]),
+                "per_level": {
+                    LEVEL_NAMES[lv]: _ratio_summary(r[..., k]) for k, lv in enumerate(levels)
+                },
+            }
+    return {
+        "cohort": f"make_subject(0..{len(subjects) - 1}, seed={EVAL_SEED}) x {CONTRASTS}",
+        "models": per_model,
+        "pairs": pairs,
+    }
+
+
+LEVEL_NAMES = {1: "C1", 2: "C2", 3: "C3", 4: "C4", 5: "C5", 6: "C6", 7: "C7", 8: "T1", 9: "T2"}
+
+
+def _level_means(mask: np.ndarray, subject: Any, levels: list[int]) -> np.ndarray:
+    """Mean in-plane area (mm^2) per level, then over all whole-slab slices."""
+    px, py, _ = subject.spacing
+    per_slice = np.asarray(mask, dtype=np.float64).sum(axis=(0, 1)) * px * py
+    whole = np.isfinite(subject.true_area)
+    out = [
+        per_slice[whole & (subject.slice_levels == lv)].mean()
+        if np.any(whole & (subject.slice_levels == lv))
+        else np.nan
+        for lv in levels
+    ]
+    return np.asarray([*out, per_slice[whole].mean()])
+
+
+def _ratio_summary(ratios: np.ndarray, n_boot: int = 2000) -> dict[str, Any]:
+    """Geometric mean (percent change), subject-bootstrap 95 % interval, image range."""
+    logs = np.log(ratios)  # (subjects, contrasts)
+    keep = np.isfinite(logs).all(axis=1)
+    logs = logs[keep]
+    rng = np.random.default_rng(0)
+    picks = rng.integers(0, len(logs), size=(n_boot, len(logs)))
+    boot = np.exp(logs[picks].reshape(n_boot, -1).mean(axis=1))
+    return {
+        "percent": _pct(np.exp(logs.mean())),
+        "ci95_percent": [_pct(np.quantile(boot, 0.025)), _pct(np.quantile(boot, 0.975))],
+        "range_percent": [_pct(np.exp(logs.min())), _pct(np.exp(logs.max()))],
+        "n_subjects": int(keep.sum()),
+    }
 
 
 def _pct(ratio: float) -> float:
@@ -363,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     p_eval = sub.add_parser("evaluate", help="Dice and CSA bias of the committed demo models")
     p_eval.add_argument("names", nargs="*", help="models (default: all committed ones)")
     p_eval.add_argument("--json", type=Path, help="also write the numbers to this file")
+    p_eval.add_argument(
+        "--models-dir", type=Path, default=DEMO_DIR, help="where the packages are (models/demo)"
+    )
     args = parser.parse_args(argv)
 
     run: Callable[[], dict[str, Any]]
@@ -376,10 +432,10 @@ def main(argv: list[str] | None = None) -> int:
             return train(recipe, out, args.workdir, args.threads)
 
     else:
-        names = args.names or [n for n in RECIPES if (DEMO_DIR / n / "plans.json").is_file()]
+        names = args.names or [n for n in RECIPES if (args.models_dir / n / "plans.json").is_file()]
 
         def run() -> dict[str, Any]:
-            return evaluate(names)
+            return evaluate(names, models_dir=args.models_dir)
 
     # nnU-Net talks on stdout; keep stdout for the JSON result.
     with contextlib.redirect_stdout(sys.stderr):
