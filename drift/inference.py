@@ -237,6 +237,7 @@ def segment_cohort(
     folds: Sequence[int | str] | None = None,
     output: Output = "binary",
     package_manifest: Mapping[str, str] | None = None,
+    num_threads: int | None = None,
 ) -> list[SegmentationResult]:
     """Segment every ``(key, image path, image sha256)`` with the model in ``package_dir``.
 
@@ -245,8 +246,9 @@ def segment_cohort(
     model is loaded once, and only if some image is not cached; ``package_manifest``
     (relative path -> sha256) is checked before its checkpoints are unpickled. ``output`` is
     ``binary`` (nnU-Net's label map, uint8) or ``soft`` (foreground probability, float32).
-    Raises CordwatchError only for a model that cannot be loaded; an image that fails is
-    reported as ``failed`` with its error.
+    ``num_threads`` bounds torch's CPU threads (default: cores not already busy). Raises
+    CordwatchError only for a model that cannot be loaded; an image that fails is reported as
+    ``failed`` with its error.
     """
     cache = Path(cache_dir)
     settings = InferenceSettings.current(tta=tta, folds=folds, output=output)
@@ -257,7 +259,12 @@ def segment_cohort(
 
     def load() -> Any:
         return nnunet.load_predictor(
-            package_dir, device=device, tta=tta, folds=folds, expected_sha256=package_manifest
+            package_dir,
+            device=device,
+            tta=tta,
+            folds=folds,
+            expected_sha256=package_manifest,
+            num_threads=num_threads,
         )
 
     predictor = _LazyPredictor(load, Path(package_dir))

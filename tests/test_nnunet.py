@@ -212,6 +212,19 @@ def test_resolve_device() -> None:
             nnunet.resolve_device("cuda")
 
 
+def test_default_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORDWATCH_TORCH_THREADS", "3")
+    assert nnunet.default_threads() == 3
+    monkeypatch.setenv("CORDWATCH_TORCH_THREADS", "many")
+    with pytest.raises(InputError, match="CORDWATCH_TORCH_THREADS"):
+        nnunet.default_threads()
+    monkeypatch.delenv("CORDWATCH_TORCH_THREADS")
+    monkeypatch.setattr(nnunet.os, "getloadavg", lambda: (0.2, 0.0, 0.0))
+    assert nnunet.default_threads() == nnunet.available_cpus()
+    monkeypatch.setattr(nnunet.os, "getloadavg", lambda: (50.0, 0.0, 0.0))
+    assert nnunet.default_threads() == 1
+
+
 def test_wrong_hash_is_refused_before_unpickling(
     demo_good: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -255,6 +268,12 @@ def test_loads_a_trainer_variant_that_nnunet_cannot_find(demo_good: Path) -> Non
     assert predictor.use_mirroring is False
     assert predictor.device.type == "cpu"
     assert nnunet.load_predictor(demo_good, device="cpu", tta=True).use_mirroring is True
+
+
+def test_loading_keeps_stdout_clean(demo_good: Path, capfd: pytest.CaptureFixture) -> None:
+    """nnU-Net's notices must not end up in a ``--json`` document on stdout."""
+    nnunet.load_predictor(demo_good, device="cpu")
+    assert capfd.readouterr().out == ""
 
 
 def test_bad_package_contents(tmp_path: Path, demo_good: Path) -> None:
