@@ -2,8 +2,9 @@
 
 1. The measuring instrument: phantom subjects measured against their analytic true CSA.
 2. The gate: the demo models registered in a fresh embedded registry (sqlite + local
-   artifacts), a drift check that should pass (the champion re-released as a zip) and one that
-   should fail (a model with a systematic CSA bias), both reports written, verdicts recorded.
+   artifacts), drift checks that should pass (the champion re-released as a zip; a re-train
+   with another seed, pass or warn) and one that should fail (a model with a systematic CSA
+   bias), reports written, verdicts recorded.
 """
 
 from __future__ import annotations
@@ -95,9 +96,10 @@ def release_zip(package: Path, dest: Path) -> Path:
 
 
 def run_drift_demo(home: Path, out: Path, say: Callable[[str], None]) -> list[DemoCheck]:
-    """Register the demo models in a fresh embedded registry at ``home``, run a check that
-    should pass (the champion's weights re-released as an SCT-style zip) and one that should
-    fail (the biased model), writing both reports under ``out``."""
+    """Register the demo models in a fresh embedded registry at ``home`` and run three checks
+    against the champion: its weights re-released as an SCT-style zip (pass), a re-train with
+    another seed (pass or warn: seed-to-seed shifts stay inside the ±1 % margin) and the biased
+    model (fail), writing the reports under ``out``."""
     from drift.check import record_verdict, run_check
     from drift.cli_drift import emit_result
     from registry.api import connect
@@ -124,7 +126,13 @@ def run_drift_demo(home: Path, out: Path, say: Callable[[str], None]) -> list[De
     plan = [
         ("the champion re-released as a zip (should pass)", rerelease, ("pass",), "pass"),
         (
-            "biased model, trained on dilated labels (should fail)",
+            "re-train of the champion with another seed (should pass the gate: pass or warn)",
+            MODELS_DIR / "demo-good-seed2",
+            ("pass", "warn"),
+            "retrain",
+        ),
+        (
+            "biased model, trained on wider labels (should fail)",
             MODELS_DIR / "demo-biased",
             ("fail",),
             "fail",
