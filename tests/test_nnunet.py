@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -274,6 +275,52 @@ def test_loading_keeps_stdout_clean(demo_good: Path, capfd: pytest.CaptureFixtur
     """nnU-Net's notices must not end up in a ``--json`` document on stdout."""
     nnunet.load_predictor(demo_good, device="cpu")
     assert capfd.readouterr().out == ""
+
+
+def _recipes():
+    """models/recipes/train_demo.py, imported from its file (``models`` is not installed)."""
+    import importlib.util
+
+    path = REPO / "models" / "recipes" / "train_demo.py"
+    spec = importlib.util.spec_from_file_location("cordwatch_train_demo", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["demo-good", "demo-biased", "demo-good-seed2"])
+def test_committed_packages_match_their_recipe(name: str) -> None:
+    """What is committed is what the recipe makes: architecture, patch, schedule, slim
+    checkpoint (tensors and plain containers only), small size."""
+    recipe = _recipes().RECIPES[name]
+    root = DEMO / name
+    plans = json.loads((root / "plans.json").read_text())
+    config = plans["configurations"]["3d_fullres"]
+    arch = config["architecture"]["arch_kwargs"]
+    assert arch["features_per_stage"] == list(recipe.features)
+    assert config["patch_size"] == list(recipe.patch_size)
+    assert config["spacing"] == [1.0, 1.0, 1.0]
+    ckpt = torch.load(root / "fold_0" / "checkpoint_final.pth", weights_only=True)
+    assert set(ckpt) == {
+        "network_weights",
+        "init_args",
+        "trainer_name",
+        "inference_allowed_mirroring_axes",
+        "current_epoch",
+    }
+    assert ckpt["current_epoch"] == recipe.epochs
+    assert ckpt["init_args"]["configuration"] == "3d_fullres" and ckpt["init_args"]["fold"] == 0
+    assert ckpt["init_args"]["plans"] == plans
+    assert json.loads((root / "dataset.json").read_text())["name"] == f"cordwatch {name}"
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert size < 1_000_000
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == [
+        "dataset.json",
+        "fold_0/checkpoint_final.pth",
+        "plans.json",
+    ]
 
 
 def test_bad_package_contents(tmp_path: Path, demo_good: Path) -> None:

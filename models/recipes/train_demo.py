@@ -311,6 +311,7 @@ def evaluate(names: list[str], device: str = "cpu", models_dir: Path = DEMO_DIR)
     interval resamples subjects (with their three contrasts), as the gate's bootstrap does. No
     angle correction: it is the same factor for both sides of a ratio on the same slices.
     """
+    from drift.phantoms import LEVEL_NAMES
     from registry.nnunet import load_predictor, predict_array
 
     subjects = [_make_subject(i, EVAL_SEED) for i in EVAL_SUBJECTS]
@@ -364,9 +365,6 @@ def evaluate(names: list[str], device: str = "cpu", models_dir: Path = DEMO_DIR)
         "models": per_model,
         "pairs": pairs,
     }
-
-
-LEVEL_NAMES = {1: "C1", 2: "C2", 3: "C3", 4: "C4", 5: "C5", 6: "C6", 7: "C7", 8: "T1", 9: "T2"}
 
 
 def _level_means(mask: np.ndarray, subject: Any, levels: list[int]) -> np.ndarray:
