@@ -8,11 +8,14 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
 from registry.errors import CordwatchError
+
+if TYPE_CHECKING:
+    from registry.api import Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,3 +62,10 @@ def quiet_mlflow() -> None:
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already was
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+def registry_from(ctx: typer.Context) -> Registry:
+    """The registry named by the group's ``--registry`` option (else the default one)."""
+    from registry.api import connect
+
+    return connect((ctx.obj or {}).get("registry"))

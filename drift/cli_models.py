@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from drift.cli_common import REGISTRY_HELP, command, print_json, quiet_mlflow
+from drift.cli_common import REGISTRY_HELP, command, print_json, quiet_mlflow, registry_from
 
 if TYPE_CHECKING:
-    from registry.api import Registry
+    pass
 
 models_app = typer.Typer(
     help="Model registry on MLflow: register, list, show, pull, promote, history, diff.",
@@ -47,12 +47,6 @@ def models(
     """Model registry on MLflow: register, list, show, pull, promote, history, diff."""
     ctx.ensure_object(dict)["registry"] = registry
     quiet_mlflow()
-
-
-def _registry(ctx: typer.Context) -> Registry:
-    from registry.api import connect
-
-    return connect((ctx.obj or {}).get("registry"))
 
 
 _JSON = typer.Option(False, "--json", help="Print JSON (for scripts and CI) instead of text.")
@@ -99,7 +93,7 @@ def register(
     json_out: bool = _JSON,
 ) -> None:
     """Register a model package as a new version; print its version number."""
-    info = _registry(ctx).register(
+    info = registry_from(ctx).register(
         name, paths, tags=_parse_tags(tag), alias=alias, description=description
     )
     if json_out:
@@ -121,7 +115,7 @@ def list_(
     from rich.console import Console
     from rich.table import Table
 
-    reg = _registry(ctx)
+    reg = registry_from(ctx)
     if name is None:
         summaries = reg.list_models()
         if json_out:
@@ -179,7 +173,7 @@ def show(
     json_out: bool = _JSON,
 ) -> None:
     """Show one version: metadata, tags, aliases and the file manifest."""
-    info = _registry(ctx).resolve(ref, manifest=True)
+    info = registry_from(ctx).resolve(ref, manifest=True)
     if json_out:
         print_json(info.to_dict())
         return
@@ -213,7 +207,7 @@ def pull(
     ),
 ) -> None:
     """Fetch a version's package (verified against its sha256 manifest); print its folder."""
-    typer.echo(str(_registry(ctx).pull(ref, output, refresh=refresh)))
+    typer.echo(str(registry_from(ctx).pull(ref, output, refresh=refresh)))
 
 
 @models_app.command("promote")
@@ -233,7 +227,7 @@ def promote(
     json_out: bool = _JSON,
 ) -> None:
     """Move an alias to a version; champion needs cordwatch.drift.verdict=pass."""
-    event = _registry(ctx).promote(ref, alias, force=force, reason=reason)
+    event = registry_from(ctx).promote(ref, alias, force=force, reason=reason)
     if json_out:
         print_json(None if event is None else event.to_dict())
     elif event is None:
@@ -255,7 +249,7 @@ def history(
     from rich.console import Console
     from rich.table import Table
 
-    events = _registry(ctx).history(name)
+    events = registry_from(ctx).history(name)
     if json_out:
         print_json([e.to_dict() for e in events])
         return
@@ -283,7 +277,7 @@ def diff(
     json_out: bool = _JSON,
 ) -> None:
     """Metadata and file-manifest differences between two versions."""
-    d = _registry(ctx).diff(a, b)
+    d = registry_from(ctx).diff(a, b)
     if json_out:
         print_json(d.to_dict())
         return

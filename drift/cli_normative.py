@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from drift.cli_common import REGISTRY_HELP, command, print_json, quiet_mlflow
+from drift.cli_common import REGISTRY_HELP, command, print_json, quiet_mlflow, registry_from
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from drift.normative import Filters, NormativeVersion
-    from registry.api import Registry
 
 normative_app = typer.Typer(
     help="Versioned normative databases (SCT's PAM50 layout) linked to the model that made them.",
@@ -55,12 +54,6 @@ def normative(
     """Versioned normative databases (SCT's PAM50 layout) linked to the model that made them."""
     ctx.ensure_object(dict)["registry"] = registry
     quiet_mlflow()
-
-
-def _registry(ctx: typer.Context) -> Registry:
-    from registry.api import connect
-
-    return connect((ctx.obj or {}).get("registry"))
 
 
 def _warn(message: str) -> None:
@@ -171,7 +164,7 @@ def import_(
     """
     from drift.normative import import_db
 
-    v = import_db(directory, name, model, registry=_registry(ctx))
+    v = import_db(directory, name, model, registry=registry_from(ctx))
     typer.echo(
         f"imported {v.n_subjects} subjects ({v.contrast}) from {directory} as {v.ref} "
         f"(model {v.model or 'not recorded'})"
@@ -194,7 +187,7 @@ def list_(ctx: typer.Context, json_out: bool = _JSON) -> None:
 
     from drift.normative import list_databases
 
-    versions = list_databases(registry=_registry(ctx))
+    versions = list_databases(registry=registry_from(ctx))
     if json_out:
         print_json([v.to_dict() for v in versions])
         return
@@ -232,7 +225,7 @@ def show(
 
     from drift.normative import show as show_version
 
-    info = show_version(ref, registry=_registry(ctx))
+    info = show_version(ref, registry=registry_from(ctx))
     v: NormativeVersion = info["version"]
     if json_out:
         doc = v.to_dict() | {
@@ -309,7 +302,7 @@ def summary(
     from drift.normative import SUMMARY_METRICS, resolve
     from drift.normative import summary as summarise
 
-    reg = _registry(ctx)
+    reg = registry_from(ctx)
     filters = _filters(sex, age, vendor)
     version = resolve(ref, registry=reg)
     table = summarise(
@@ -418,7 +411,7 @@ def update(
         progress=False,
         assume_baseline=assume_baseline,
         policy_path=policy,
-        registry=_registry(ctx),
+        registry=registry_from(ctx),
     )
     v = result.version
     for note in result.notes:
@@ -449,7 +442,7 @@ def export(
     """
     from drift.normative import export_db
 
-    out = export_db(ref, directory, registry=_registry(ctx))
+    out = export_db(ref, directory, registry=registry_from(ctx))
     typer.echo(str(out))
 
 
@@ -500,7 +493,7 @@ def zscore(
         filters.vendor,
         model,
         allow_model_mismatch=allow_model_mismatch,
-        registry=_registry(ctx),
+        registry=registry_from(ctx),
     )
     for w in result.warnings:
         _warn(w)

@@ -18,20 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from drift.morphometry import METRIC_COLUMNS
 from registry.errors import InputError
 from registry.fsutil import atomic_path
 
-#: Per-slice metrics, in SCT's column order (23-column layout).
-METRICS: tuple[str, ...] = (
-    "area",
-    "angle_AP",
-    "angle_RL",
-    "diameter_AP",
-    "diameter_RL",
-    "eccentricity",
-    "orientation",
-    "solidity",
-)
+#: Per-slice metrics with a MEAN/STD pair, in SCT's column order (length has SUM only).
+METRICS: tuple[str, ...] = tuple(m for m in METRIC_COLUMNS if m != "length")
 #: Extra metrics of the 29-column layout.
 METRICS_29: tuple[str, ...] = ("diameter_AP_ellipse", "length_anterior", "length_posterior")
 
