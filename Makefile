@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, alone and pinned: the CPU build from the local wheel, not GBs of CUDA wheels.
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[inference,server,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[inference,server,scale,dev]'
 	touch $@
 
 install: $(STAMP)

@@ -11,12 +11,12 @@ from pathlib import Path
 import typer
 
 from drift import __version__
-from drift.cli_cohort import cohort_app
-from drift.cli_common import SETTINGS, command
-from drift.cli_drift import drift_app
-from drift.cli_models import models_app
-from drift.cli_morphometry import morphometry
-from drift.cli_normative import normative_app
+from drift.cli.cohort import cohort_app
+from drift.cli.common import SETTINGS, command
+from drift.cli.drift import drift_app
+from drift.cli.models import models_app
+from drift.cli.morphometry import morphometry
+from drift.cli.normative import normative_app
 from registry.errors import GateFailed
 
 app = typer.Typer(
@@ -72,7 +72,7 @@ def demo(
     from rich.console import Console
     from rich.table import Table
 
-    from drift.demo import phantom_level_accuracy, run_drift_demo, summarise
+    from drift.cli.demo import phantom_level_accuracy, run_drift_demo, summarise
 
     console = Console(width=120)
     summary = summarise(phantom_level_accuracy(subjects))

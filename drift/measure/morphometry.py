@@ -4,7 +4,7 @@ Semantics follow Spinal Cord Toolbox's ``sct_process_segmentation`` so that numb
 with the literature, with two documented departures where SCT is measurably wrong:
 
 * Orientation: the input is an RPI array (nibabel axcodes L, A, S); slice ``z`` is
-  ``seg[:, :, z]``. Reorientation happens at the I/O edge (:mod:`drift.nifti`).
+  ``seg[:, :, z]``. Reorientation happens at the I/O edge (:mod:`drift.measure.nifti`).
 * SCT normalises every slice to a maximum of 1 before measuring (``normalize=True``, the
   default): a soft mask multiplied by 0.5 gives the same area. Pass ``normalize=False`` to
   keep the model's absolute partial-volume values.

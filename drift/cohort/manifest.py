@@ -62,22 +62,18 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import re
-import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
 
-from registry.errors import CordwatchError, InputError, IntegrityError
-from registry.fsutil import atomic_path, file_lock, sha256_file
-from registry.settings import cordwatch_home
+from registry.errors import InputError
+from registry.fsutil import atomic_path
 
 __all__ = [
     "COHORTS_DIR",
@@ -88,26 +84,22 @@ __all__ = [
     "Cohort",
     "CohortFile",
     "CohortItem",
-    "FileCheck",
     "PhantomRecipe",
-    "VerifyReport",
-    "ensure_phantom_cohort",
-    "ensure_root",
     "find_manifest",
     "list_manifests",
     "load_cohort",
     "phantom_manifest_rows",
-    "resolve_root",
-    "verify_cohort",
     "write_manifest_table",
     "write_phantom_manifest",
 ]
 
 FORMAT = "cordwatch-cohort/1"
 #: The shipped manifests (a source checkout or an editable install).
-COHORTS_DIR = Path(__file__).resolve().parents[1] / "reference_data" / "cohorts"
+COHORTS_DIR = Path(__file__).resolve().parents[2] / "reference_data" / "cohorts"
 #: Root of a real dataset cohort when ``--root`` is not given (not used by generated cohorts).
 COHORT_ROOT_ENV = "CORDWATCH_COHORT_ROOT"
+# The generator id recorded in manifests (and in their hash); a stable name, not an import
+# path: the function lives in drift.measure.phantoms.
 PHANTOM_GENERATOR = "drift.phantoms.write_cohort"
 
 #: File kinds, in canonical column order. ``image`` is required, the others optional.
@@ -184,7 +176,8 @@ class CohortItem:
 
 @dataclass(frozen=True)
 class PhantomRecipe:
-    """How a generated cohort is made: the arguments of :func:`drift.phantoms.write_cohort`."""
+    """How a generated cohort is made: the arguments of
+    :func:`drift.measure.phantoms.write_cohort`."""
 
     n_subjects: int = 10
     seed: int = 0
@@ -633,303 +626,6 @@ def _check_generator(path: Path, recipe: PhantomRecipe, items: tuple[CohortItem,
 # --------------------------------------------------------------------------------------------
 
 
-def _generated_root(cohort: Cohort, home: str | Path | None) -> Path:
-    base = Path(home).expanduser().resolve() if home is not None else cordwatch_home()
-    return base / "cohorts" / cohort.name
-
-
-def resolve_root(
-    cohort: Cohort, root: str | Path | None = None, home: str | Path | None = None
-) -> Path:
-    """The directory holding the cohort's files (not created, nothing generated).
-
-    First match wins: ``root`` (the ``--root`` flag); for a generated cohort,
-    ``<home or $CORDWATCH_HOME>/cohorts/<name>`` (which may not exist yet, see
-    :func:`ensure_phantom_cohort`); else ``$CORDWATCH_COHORT_ROOT``. A given root must be an
-    existing directory; a dataset cohort without either raises :class:`InputError`.
-    """
-    if root is None and cohort.is_generated:
-        return _generated_root(cohort, home)
-    where = "--root"
-    if root is None:
-        env = os.environ.get(COHORT_ROOT_ENV, "").strip()
-        if not env:
-            raise InputError(
-                f"cohort {cohort.name!r} needs its data: give --root DIR or set {COHORT_ROOT_ENV}",
-                cohort.manifest,
-            )
-        root, where = env, COHORT_ROOT_ENV
-    path = Path(root).expanduser().resolve()
-    if not path.is_dir():
-        raise InputError(f"cohort root ({where}) is not a directory", path)
-    return path
-
-
-def ensure_root(
-    cohort: Cohort, root: str | Path | None = None, home: str | Path | None = None
-) -> Path:
-    """:func:`resolve_root`, generating a generated cohort on first use when no root is given.
-
-    Does not verify an existing folder: call :func:`verify_cohort` on the result.
-    """
-    if root is None and cohort.is_generated:
-        return ensure_phantom_cohort(cohort, home)
-    return resolve_root(cohort, root, home)
-
-
-def ensure_phantom_cohort(cohort: Cohort, home: str | Path | None = None) -> Path:
-    """The folder of a generated cohort, generating it on first use; returns its path.
-
-    First use writes ``drift.phantoms.write_cohort(**recipe)`` into a temporary folder beside
-    the target (``<home or $CORDWATCH_HOME>/cohorts/<name>``), checks that the generated
-    table lists exactly the manifest's files with the manifest's hashes and that every file
-    on disk matches, and only then renames the folder into place (atomic): a crash leaves no
-    half cohort. A mismatch raises :class:`IntegrityError` naming the file and leaves
-    nothing behind. A lock file (``.<name>.lock``) makes concurrent first users wait for one
-    generator.
-
-    An existing folder is returned as it is, never regenerated or repaired: what is in it is
-    for :func:`verify_cohort` to judge.
-    """
-    recipe = cohort.generator
-    if recipe is None:
-        raise InputError(
-            f"cohort {cohort.name!r} is not generated by cordwatch (no 'generator' in its "
-            "header): give its root directory",
-            cohort.header,
-        )
-    target = _generated_root(cohort, home)
-    if target.exists():
-        return target
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(parent / f".{cohort.name}.lock"):
-        if target.exists():  # another process finished first
-            return target
-        for stale in parent.glob(f".{cohort.name}.tmp-*"):  # left by a killed generator
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{cohort.name}.tmp-", dir=parent))
-        try:
-            _generate_into(cohort, recipe, tmp)
-            os.rename(tmp, target)
-        except OSError as err:  # disk full, permissions: infrastructure, exit 2
-            raise CordwatchError(f"cannot generate cohort {cohort.name!r}: {err}", target) from err
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def _generate_into(cohort: Cohort, recipe: PhantomRecipe, folder: Path) -> None:
-    from drift.phantoms import write_cohort  # numpy/scipy/nibabel: only when generating
-
-    table = write_cohort(folder, **recipe.kwargs())
-    generated: dict[str, str] = {}
-    for row in table.to_dict("records"):
-        for kind in FILE_KINDS:
-            generated[str(row[kind])] = str(row[f"{kind}_sha256"])
-    expected = {f.path: f.sha256 for f in cohort.files()}
-    for rel in sorted(set(generated) | set(expected)):
-        if generated.get(rel) != expected.get(rel):
-            if rel not in expected:
-                problem = "generated but not in the manifest"
-            elif rel not in generated:
-                problem = "in the manifest but not generated"
-            else:
-                problem = f"generated sha256 {generated[rel]} != manifest {expected[rel]}"
-            raise IntegrityError(
-                f"phantom generation does not reproduce the manifest: {rel}: {problem}",
-                cohort.manifest,
-            )
-    verify_cohort(cohort, folder).raise_for_problems()
-
-
-# --------------------------------------------------------------------------------------------
-# Verification
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FileCheck:
-    """The state of one manifest file under a root."""
-
-    path: str
-    kind: str
-    subject: str
-    contrast: str
-    status: Status
-    expected_sha256: str
-    expected_size: int | None
-    actual_sha256: str | None = None
-    actual_size: int | None = None
-    detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    def describe(self) -> str:
-        """One line: ``changed  <path>: <detail>``."""
-        return f"{self.status:<8} {self.path}" + (f": {self.detail}" if self.detail else "")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "kind": self.kind,
-            "subject": self.subject,
-            "contrast": self.contrast,
-            "status": self.status,
-            "detail": self.detail,
-            "expected_sha256": self.expected_sha256,
-            "expected_size": self.expected_size,
-            "actual_sha256": self.actual_sha256,
-            "actual_size": self.actual_size,
-        }
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    """Every file of a cohort checked under one root (pure data; the CLI formats it)."""
-
-    cohort: str
-    manifest: Path
-    manifest_sha256: str
-    root: Path
-    checks: tuple[FileCheck, ...]
-    generated: bool = field(default=False)  # a generated cohort (delete the root to rebuild)
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    @property
-    def problems(self) -> tuple[FileCheck, ...]:
-        return tuple(c for c in self.checks if not c.ok)
-
-    @property
-    def counts(self) -> dict[str, int]:
-        """Files per status (every status present, zero when none)."""
-        counts = {"ok": 0, "missing": 0, "changed": 0, "unreadable": 0}
-        for check in self.checks:
-            counts[check.status] += 1
-        return counts
-
-    def summary_line(self) -> str:
-        c = self.counts
-        line = (
-            f"{len(self.checks)} files: {c['ok']} ok, {c['missing']} missing, "
-            f"{c['changed']} changed"
-        )
-        return line + (f", {c['unreadable']} unreadable" if c["unreadable"] else "")
-
-    def raise_for_problems(self) -> None:
-        """Raise :class:`IntegrityError` naming the manifest unless every file is ok."""
-        problems = self.problems
-        if not problems:
-            return
-        first = problems[0]
-        hint = f"; delete {self.root} to regenerate it" if self.generated else ""
-        raise IntegrityError(
-            f"{len(problems)} of {len(self.checks)} cohort files missing or changed under "
-            f"{self.root} (first: {first.path} {first.status}){hint}",
-            self.manifest,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "cohort": self.cohort,
-            "manifest": str(self.manifest),
-            "manifest_sha256": self.manifest_sha256,
-            "root": str(self.root),
-            "ok": self.ok,
-            "counts": self.counts,
-            "problems": [c.to_dict() for c in self.problems],
-            "files": [c.to_dict() for c in self.checks],
-        }
-
-
-def _owners(cohort: Cohort) -> dict[str, tuple[CohortFile, CohortItem]]:
-    owners: dict[str, tuple[CohortFile, CohortItem]] = {}
-    for item in cohort.items:
-        for f in item.files():
-            owners.setdefault(f.path, (f, item))
-    return owners
-
-
-def _check_file(root: Path, f: CohortFile, item: CohortItem) -> FileCheck:
-    def result(status: Status, detail: str = "", **actual: Any) -> FileCheck:
-        return FileCheck(
-            path=f.path,
-            kind=f.kind,
-            subject=item.subject,
-            contrast=item.contrast,
-            status=status,
-            expected_sha256=f.sha256,
-            expected_size=f.size,
-            detail=detail,
-            **actual,
-        )
-
-    target = f.locate(root)
-    try:
-        if not target.is_file():
-            if target.is_symlink():
-                return result("missing", "broken link (git-annex content not fetched?)")
-            return result("missing", "not a file" if target.exists() else "")
-        size = target.stat().st_size
-        if f.size is not None and size != f.size:
-            return result("changed", f"size {size} != {f.size} bytes", actual_size=size)
-        digest = sha256_file(target)
-    except OSError as err:
-        return result("unreadable", err.strerror or str(err))
-    if digest != f.sha256:
-        return result(
-            "changed",
-            f"sha256 {digest[:12]}... != {f.sha256[:12]}...",
-            actual_sha256=digest,
-            actual_size=size,
-        )
-    return result("ok", actual_sha256=digest, actual_size=size)
-
-
-def verify_cohort(
-    cohort: Cohort,
-    root: str | Path,
-    *,
-    on_file: Callable[[FileCheck], None] | None = None,
-    workers: int = 4,
-) -> VerifyReport:
-    """Check every distinct file of ``cohort`` under ``root``: ok, missing, changed, unreadable.
-
-    ``changed`` means a different size (when the manifest records one; the file is then not
-    hashed) or a different sha256. Never raises for file problems; the report says what is
-    wrong (:meth:`VerifyReport.raise_for_problems` turns it into an error). ``on_file`` is
-    called once per file, in manifest order (a progress bar); files are hashed by
-    ``workers`` threads (hashlib releases the GIL).
-    """
-    root = Path(root)
-    owners = list(_owners(cohort).values())
-    checks: list[FileCheck] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for check in pool.map(lambda pair: _check_file(root, *pair), owners):
-            checks.append(check)
-            if on_file is not None:
-                on_file(check)
-    return VerifyReport(
-        cohort=cohort.name,
-        manifest=cohort.manifest,
-        manifest_sha256=cohort.manifest_sha256,
-        root=root,
-        checks=tuple(checks),
-        generated=cohort.is_generated,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Writing manifests (maintainers: how the shipped ones are made)
-# --------------------------------------------------------------------------------------------
-
-
 def write_manifest_table(target: str | Path, rows: Iterable[Mapping[str, Any]]) -> Path:
     """Write a cohort table: canonical column order, only the columns some row fills in.
 
@@ -982,7 +678,7 @@ def write_phantom_manifest(
     How ``reference_data/cohorts/phantom.*`` are made (``recipe`` defaults to 10 subjects,
     seed 0, T1w/T2w/T2star, 1 mm). Returns the table's path.
     """
-    from drift.phantoms import write_cohort
+    from drift.measure.phantoms import write_cohort
 
     recipe = recipe or PhantomRecipe()
     directory = Path(directory)
@@ -995,7 +691,7 @@ def write_phantom_manifest(
         "description": description
         or (
             f"Digital phantoms of the cervical spinal cord ({recipe.n_subjects} subjects x "
-            f"{', '.join(recipe.contrasts)}) with analytic ground truth (drift.phantoms). "
+            f"{', '.join(recipe.contrasts)}) with analytic ground truth (drift.measure.phantoms). "
             "Generated on first use into $CORDWATCH_HOME/cohorts/<name> and verified against "
             "these hashes."
         ),
@@ -1011,6 +707,9 @@ def write_phantom_manifest(
     write_manifest_table(target, rows)
     with atomic_path(target.with_suffix(".yaml")) as tmp_header:
         text = yaml.safe_dump(header, sort_keys=False, default_flow_style=False, width=88)
-        note = "# Cohort header (cordwatch-cohort/1) by drift.cohort.write_phantom_manifest.\n"
+        note = (
+            "# Cohort header (cordwatch-cohort/1) by "
+            "drift.cohort.manifest.write_phantom_manifest.\n"
+        )
         tmp_header.write_text(note + text, encoding="utf-8")
     return target

@@ -2,12 +2,12 @@
 
 A :class:`Policy` (``reference_data/policy.yaml`` by default) names the gated metrics with
 their margins, the levels, alpha and the minimum evidence. :func:`evaluate` applies it to a
-:class:`~drift.compare.Comparison` and returns one :class:`Condition` per check, each naming
+:class:`~drift.gate.compare.Comparison` and returns one :class:`Condition` per check, each naming
 its metric, level, test, threshold and actual value and describing itself in one line
 (Evidently-style), e.g. ``area C3: scaling 0.9870 outside ±1.0 % (TOST p=0.31 >= 0.05)``.
 
 The rule (also in the YAML's comments), per gated (metric, level), with TOST on the subject
-log-ratios (see :mod:`drift.compare`):
+log-ratios (see :mod:`drift.gate.compare`):
 
 * **fail**: equivalence within ±``fail_margin_pct`` is not shown (TOST ``p >= alpha``, i.e.
   the ``1 - 2 alpha`` t-interval of the scaling factor is not inside ``[1 - fail, 1 + fail]``),
@@ -40,19 +40,18 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from drift.compare import (
+from drift.gate.compare import (
     METRIC_UNITS,
     RATIO_METRICS,
     Comparison,
     compare_tables,
-    level_name,
-    level_number,
     tost_pvalue,
 )
+from drift.measure.levels import level_name, level_number
 from registry.errors import InputError
 
 #: The default policy file of a source checkout.
-DEFAULT_POLICY_PATH = Path(__file__).resolve().parents[1] / "reference_data" / "policy.yaml"
+DEFAULT_POLICY_PATH = Path(__file__).resolve().parents[2] / "reference_data" / "policy.yaml"
 #: Levels gated when the policy names none: C2 .. T1 (SCT numbers 2..8), where data exist.
 DEFAULT_LEVEL_RANGE: tuple[int, int] = (2, 8)
 STATUSES: tuple[str, ...] = ("pass", "warn", "fail", "skip")
@@ -104,7 +103,7 @@ class Policy:
         }
 
     def fail_margins(self) -> dict[str, float]:
-        """Fail margins as fractions (0.01 = ±1 %), as :func:`~drift.compare.compare_tables`
+        """Fail margins as fractions (0.01 = ±1 %), as :func:`~drift.gate.compare.compare_tables`
         takes them."""
         return {name: m.fail_pct / 100.0 for name, m in self.metrics.items()}
 

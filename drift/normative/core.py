@@ -34,7 +34,8 @@ Updating after a model change (``update``):
   policy in ``reference_data/normative_policy.yaml``) or when the drift result's baseline is
   not the model the database was made with. A rescale is recorded as such, never passed off
   as a recompute.
-* **recompute**: segment a cohort with the new model (:func:`drift.check.evaluate_version`,
+* **recompute**: segment a cohort with the new model
+  (:func:`drift.cohort.evaluate.evaluate_version`,
   cached) and write fresh SCT-layout CSVs.
 
 Compute (summaries, z-scores, rescaling plans, CSV rewriting) is pure and comes first; the
@@ -64,8 +65,8 @@ import pandas as pd
 import yaml
 
 from drift import __version__
-from drift.levels import level_name, level_number, pam50_levels
-from drift.sctcsv import (
+from drift.measure.levels import level_name, level_number, pam50_levels
+from drift.measure.sctcsv import (
     COLUMNS_23,
     COLUMNS_29,
     METRICS,
@@ -111,7 +112,7 @@ ZSCORE_METRICS: tuple[str, ...] = ("area", "diameter_AP", "diameter_RL", "eccent
 RESCALED_METRICS: tuple[str, ...] = ("area", "diameter_AP", "diameter_RL", "diameter_AP_ellipse")
 PERCENTILES: tuple[float, ...] = (2.5, 5.0, 25.0, 50.0, 75.0, 95.0, 97.5)
 DEFAULT_POLICY_PATH = (
-    Path(__file__).resolve().parents[1] / "reference_data" / "normative_policy.yaml"
+    Path(__file__).resolve().parents[2] / "reference_data" / "normative_policy.yaml"
 )
 RESCALE_NOTE = (
     "RESCALE, not a recompute: the parent's per-slice values multiplied by the scaling factors "
@@ -342,7 +343,7 @@ def pam50_mismatch(tidy: pd.DataFrame) -> pd.Series:
 
 def tidy_from_sct(raw: pd.DataFrame) -> pd.DataFrame:
     """Per-slice SCT rows with ``subject`` and ``contrast`` columns -> the tidy table
-    (subject, contrast, level, slice, metrics...), as :func:`drift.sctcsv.sct_to_tidy` but
+    (subject, contrast, level, slice, metrics...), as :func:`drift.measure.sctcsv.sct_to_tidy` but
     vectorised over many files at once. Rows without one integer level and slice are dropped.
 
     >>> raw = pd.DataFrame({"subject": ["s", "s"], "contrast": "T2w",
@@ -1500,7 +1501,7 @@ def export_db(ref: str, dest_dir: str | Path, *, registry: Registry | None = Non
     ``spinal_cord/*.csv``, ``participants.tsv`` and the kept extras exactly as stored,
     ``PROVENANCE.md`` and ``cordwatch/`` (manifest, version record, rescale records).
     Written into a temporary folder and renamed into place: an error leaves nothing."""
-    from drift.cli_drift import base_provenance
+    from drift.provenance import base_provenance
 
     dest = Path(dest_dir)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
@@ -1771,9 +1772,11 @@ def _recompute(
     device: str,
     progress: bool,
 ) -> UpdateResult:
-    from drift.check import evaluate_version
-    from drift.cli_drift import base_provenance
-    from drift.cohort import ensure_root, load_cohort, verify_cohort
+    from drift.cohort.evaluate import evaluate_version
+    from drift.cohort.manifest import load_cohort
+    from drift.cohort.roots import ensure_root
+    from drift.cohort.verify import verify_cohort
+    from drift.provenance import base_provenance
 
     parents = store.versions(name)
     parent = parents[-1] if parents else None

@@ -1,5 +1,5 @@
 """``cordwatch cohort ...``: frozen cohort manifests on the command line (a thin shell over
-:mod:`drift.cohort`).
+:mod:`drift.cohort.manifest`).
 
     cordwatch cohort list [--dir DIR] [--json]
     cordwatch cohort show MANIFEST [--json]
@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-from drift.cli_common import command, print_json
+from drift.cli.common import command, print_json
 
 cohort_app = typer.Typer(
     help="Frozen cohort manifests: list, show, verify every file's sha256.",
@@ -57,7 +57,7 @@ def list_cohorts(
     """List the cohort manifests with their numbers of subjects, contrasts and images."""
     from rich.table import Table
 
-    from drift.cohort import COHORTS_DIR, list_manifests, load_cohort
+    from drift.cohort.manifest import COHORTS_DIR, list_manifests, load_cohort
 
     folder = directory if directory is not None else COHORTS_DIR
     summaries = [load_cohort(path).summary() for path in list_manifests(folder)]
@@ -93,7 +93,8 @@ def show(manifest: str = _MANIFEST, as_json: bool = _JSON) -> None:
 
     from rich.table import Table
 
-    from drift.cohort import COHORT_ROOT_ENV, FILE_KINDS, load_cohort, resolve_root
+    from drift.cohort.manifest import COHORT_ROOT_ENV, FILE_KINDS, load_cohort
+    from drift.cohort.roots import resolve_root
 
     cohort = load_cohort(manifest)
     summary = cohort.summary()
@@ -178,7 +179,8 @@ def verify(
 
     Exit 0 when every file is ok, 2 otherwise (the last line names the manifest).
     """
-    from drift.cohort import ensure_root, load_cohort, resolve_root
+    from drift.cohort.manifest import load_cohort
+    from drift.cohort.roots import ensure_root, resolve_root
 
     cohort = load_cohort(manifest)
     if root is None and cohort.is_generated and not resolve_root(cohort).exists():
@@ -203,7 +205,7 @@ def verify(
 
 
 def _verify_with_progress(cohort: Any, folder: Path, show: bool) -> Any:
-    from drift.cohort import verify_cohort
+    from drift.cohort.verify import verify_cohort
 
     if not show:
         return verify_cohort(cohort, folder)

@@ -28,8 +28,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from drift.compare import METRIC_UNITS, level_means, level_name, level_number
-from drift.policy import DriftResult
+from drift.gate.compare import METRIC_UNITS, level_means
+from drift.gate.policy import DriftResult
+from drift.measure.levels import level_name, level_number
 from registry.errors import InputError
 from registry.fsutil import atomic_path
 

@@ -1,22 +1,13 @@
-"""The drift check, end to end: frozen cohort -> inference -> morphometrics -> statistics ->
-verdict + report, recorded in the registry.
-
-Data flows one way (DESIGN.md): registry version -> segmentations of the cohort (cached by
-package sha256 x image sha256 x settings) -> morphometrics table per version (Parquet, logged
-to MLflow as a run linked to the model version and reused when the same package met the same
-cohort) -> comparison with the baseline -> verdict + report -> version tags.
-
-Levels for both versions come from the cohort's ground-truth level files, so only the model
-changes between the two tables. Nothing is written to the registry before the verdict is
-known; a failure or Ctrl-C on the way leaves cached segmentations (complete entries only) and
-no verdict.
+"""Measuring one model version on a cohort: segment (cached), measure each image, Dice
+against the ground truth, and the morphometry run logged to MLflow (reused when the same
+package met the same cohort). Used by the drift gate and by the normative recompute alike.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,16 +16,14 @@ import numpy as np
 import pandas as pd
 
 from drift import __version__
-from registry.errors import CordwatchError, InputError
+from registry.errors import CordwatchError
 
 if TYPE_CHECKING:
-    from drift.cohort import Cohort, CohortItem
-    from drift.morphometry import AngleCorrection
-    from drift.policy import DriftResult, Policy
+    from drift.cohort.manifest import Cohort, CohortItem
+    from drift.measure.morphometry import AngleCorrection
     from registry.api import Registry, VersionInfo
 
 MORPHOMETRY_EXPERIMENT = "cordwatch-morphometrics"
-DRIFT_EXPERIMENT = "cordwatch-drift"
 MORPHOMETRY_REVISION = 1  # bump when the measuring instrument changes what it outputs
 ANGLE_CORRECTION: AngleCorrection = "exact"
 TIDY_METRICS = (
@@ -59,9 +48,13 @@ def measure(seg_path: Path, level_path: Path, level_source: str) -> pd.DataFrame
     Returns the tidy table (``level``, ``slice`` = PAM50 slice, metric columns) without the
     subject/contrast columns. Raises InputError naming the file for an unusable segmentation.
     """
-    from drift.levels import normalize_pam50, slice_levels_from_discs, slice_levels_from_labeled
-    from drift.morphometry import slice_metrics
-    from drift.nifti import load_labels, load_segmentation
+    from drift.measure.levels import (
+        normalize_pam50,
+        slice_levels_from_discs,
+        slice_levels_from_labeled,
+    )
+    from drift.measure.morphometry import slice_metrics
+    from drift.measure.nifti import load_labels, load_segmentation
 
     seg = load_segmentation(seg_path)
     labels = load_labels(level_path, seg)
@@ -78,7 +71,7 @@ def measure(seg_path: Path, level_path: Path, level_source: str) -> pd.DataFrame
 
 def dice_score(seg_path: Path, gt_path: Path) -> float:
     """Dice of two binary masks (>= 0.5) on the same grid."""
-    from drift.nifti import load_labels, load_segmentation
+    from drift.measure.nifti import load_labels, load_segmentation
 
     seg = load_segmentation(seg_path)
     gt = load_labels(gt_path, seg)
@@ -160,7 +153,7 @@ def to_wide(long: pd.DataFrame) -> pd.DataFrame:
 
 def level_summary(table: pd.DataFrame) -> dict[str, float]:
     """Per-level mean of the subjects' mean CSA, as MLflow metric names (``area_C3``)."""
-    from drift.levels import level_name
+    from drift.measure.levels import level_name
 
     if table.empty:
         return {}
@@ -170,20 +163,6 @@ def level_summary(table: pd.DataFrame) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- the check ---
-
-
-@dataclass
-class CheckResult:
-    """What ``cordwatch drift check`` produced."""
-
-    result: DriftResult
-    baseline: VersionInfo
-    candidate: VersionInfo
-    baseline_table: pd.DataFrame
-    candidate_table: pd.DataFrame
-    history: pd.DataFrame
-    failures: dict[str, list[dict[str, str]]]
-    run_id: str | None = None
 
 
 def _morphometry_tags(info: VersionInfo, cohort: Cohort) -> dict[str, str]:
@@ -303,7 +282,7 @@ def evaluate_version(
 ) -> Measured:
     """Segment the cohort with one version (cached) and measure it; reuse a logged run when
     the same package was already measured on the same cohort."""
-    from drift.inference import segment_cohort
+    from drift.cohort.inference import segment_cohort
 
     run_id = find_morphometry_run(reg, info, cohort)
     if run_id is not None:
@@ -343,157 +322,3 @@ def evaluate_version(
 def manifest_map(manifest: Any) -> dict[str, str]:
     """relative path -> sha256 from a registry :class:`registry.manifest.Manifest`."""
     return {f.path: f.sha256 for f in manifest.files}
-
-
-def ground_truth(cohort: Cohort, root: Path) -> pd.DataFrame | None:
-    """Morphometrics of the cohort's ground-truth segmentations (None when it has none)."""
-    paths = {
-        (it.subject, it.contrast): it.gt_seg.locate(root)
-        for it in cohort.items
-        if it.gt_seg is not None
-    }
-    if not paths:
-        return None
-    return measure_cohort(cohort.items, root, paths).table
-
-
-def dice_table(measured: dict[str, Measured]) -> pd.DataFrame | None:
-    """``subject, contrast, version, dice`` for compare, from each role's Dice."""
-    frames = [
-        m.dice.assign(version=role)
-        for role, m in measured.items()
-        if m.dice is not None and not m.dice.empty
-    ]
-    return pd.concat(frames, ignore_index=True) if len(frames) == 2 else None
-
-
-def run_check(
-    candidate_ref: str,
-    baseline_ref: str,
-    cohort_ref: str | Path,
-    *,
-    root: Path | None = None,
-    policy_path: Path | None = None,
-    device: str = "auto",
-    registry_uri: str | None = None,
-    progress: bool = True,
-    on_stage: Callable[[str], None] | None = None,
-) -> CheckResult:
-    """Everything but the writing of outputs and of the verdict (see :func:`record_verdict`)."""
-    from drift.cli_drift import base_provenance
-    from drift.cohort import ensure_root, load_cohort, verify_cohort
-    from drift.policy import drift_result, load_policy, policy_sha256
-    from registry.api import connect
-
-    say = on_stage or (lambda _msg: None)
-    if device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"--device must be auto, cpu or cuda, not {device!r}")
-    policy: Policy = load_policy(policy_path)
-    cohort = load_cohort(cohort_ref)
-    reg = connect(registry_uri)
-    candidate = reg.resolve(candidate_ref)
-    baseline = reg.resolve(baseline_ref)
-    if candidate.name != baseline.name:
-        say(f"note: comparing two models ({candidate.name} vs {baseline.name})")
-    cohort_root = ensure_root(cohort, root)
-    say(f"verifying cohort {cohort.name} ({len(cohort.items)} images) under {cohort_root}")
-    verify_cohort(cohort, cohort_root).raise_for_problems()
-
-    provenance = {
-        **base_provenance(),
-        "cohort": cohort.provenance(),
-        "policy_sha256": policy_sha256(policy),
-    }
-    cache_dir = reg.settings.home / "cache" / "segmentations"
-    measured = {}
-    for role, info in (("baseline", baseline), ("candidate", candidate)):
-        say(f"{role}: {info.ref} (package {info.sha256[:12]})")
-        measured[role] = evaluate_version(
-            reg,
-            info,
-            cohort,
-            cohort_root,
-            cache_dir=cache_dir,
-            device=device,
-            progress=progress,
-            provenance=provenance | {"model": info.ref, "role": role},
-        )
-    base_t, cand_t = measured["baseline"].table, measured["candidate"].table
-    if base_t.empty or cand_t.empty:
-        raise InputError(
-            "no segmentation could be measured for one of the versions", cohort.manifest
-        )
-    gt = ground_truth(cohort, cohort_root)
-    dice = dice_table(measured)
-    result = drift_result(
-        base_t,
-        cand_t,
-        policy,
-        ground_truth=gt,
-        dice=dice,
-        provenance=provenance
-        | {
-            "command": "cordwatch drift check",
-            "baseline": {"ref": baseline.ref, "sha256": baseline.sha256},
-            "candidate": {"ref": candidate.ref, "sha256": candidate.sha256},
-            "failures": {role: m.failures for role, m in measured.items()},
-        },
-    )
-    return CheckResult(
-        result=result,
-        baseline=baseline,
-        candidate=candidate,
-        baseline_table=base_t,
-        candidate_table=cand_t,
-        history=csa_history(reg, candidate.name),
-        failures={role: m.failures for role, m in measured.items()},
-    )
-
-
-def record_verdict(
-    check: CheckResult, outputs: dict[str, Path], registry_uri: str | None = None
-) -> str:
-    """Log the drift run (result + report) and tag the candidate version with the verdict.
-
-    Called last, after every output is written: an interruption before it leaves no verdict.
-    """
-    from drift.report import write_json
-    from registry.api import connect
-
-    reg = connect(registry_uri)
-    result, cand, base = check.result, check.candidate, check.baseline
-    exp_id = reg.ensure_experiment(DRIFT_EXPERIMENT)
-    run = reg.client.create_run(
-        exp_id,
-        tags={
-            "mlflow.runName": f"{cand.name} v{base.version}->v{cand.version}",
-            "cordwatch.model.name": cand.name,
-            "cordwatch.candidate": cand.ref,
-            "cordwatch.baseline": base.ref,
-            "cordwatch.drift.verdict": result.verdict,
-        },
-    )
-    run_id = run.info.run_id
-    status = "FAILED"
-    try:
-        with tempfile.TemporaryDirectory(prefix="cordwatch-drift-") as tmp:
-            reg.client.log_artifact(run_id, str(write_json(result, Path(tmp) / "result.json")))
-        for key, path in outputs.items():
-            if key in ("html", "markdown") or key.startswith("figure:"):
-                reg.client.log_artifact(run_id, str(path), artifact_path="report")
-        status = "FINISHED"
-    finally:
-        reg.client.set_terminated(run_id, status)
-    reg.set_version_tags(
-        cand.ref,
-        {
-            "cordwatch.drift.verdict": result.verdict,
-            "cordwatch.drift.run_id": run_id,
-            "cordwatch.drift.baseline": base.ref,
-            "cordwatch.drift.policy_sha256": str(result.provenance.get("policy_sha256", "")),
-            "cordwatch.drift.cohort_sha256": str(
-                result.provenance.get("cohort", {}).get("cohort_manifest_sha256", "")
-            ),
-        },
-    )
-    return run_id

@@ -14,37 +14,43 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-from drift.morphometry import METRIC_COLUMNS
+from drift.measure.morphometry import METRIC_COLUMNS
 
 MAX_DISC = 25  # the L5/S1 disc
-_PREFIXES = (("C", 1, 7), ("T", 8, 19), ("L", 20, 24))
+LEVEL_PREFIXES: tuple[tuple[int, int, str], ...] = (
+    (1, 7, "C"),
+    (8, 19, "T"),
+    (20, 24, "L"),
+    (25, 29, "S"),
+)
 
 
 def level_name(level: int) -> str:
-    """SCT level number -> name.
+    """SCT's vertebral level number -> its name.
 
-    >>> [level_name(n) for n in (1, 7, 8, 19, 20)]
-    ['C1', 'C7', 'T1', 'T12', 'L1']
+    >>> [level_name(n) for n in (1, 7, 8, 19, 20, 24)]
+    ['C1', 'C7', 'T1', 'T12', 'L1', 'L5']
     """
-    for prefix, first, last in _PREFIXES:
-        if first <= level <= last:
-            return f"{prefix}{level - first + 1}"
-    raise ValueError(f"no vertebral level numbered {level}")
+    n = int(level)
+    for first, last, prefix in LEVEL_PREFIXES:
+        if first <= n <= last:
+            return f"{prefix}{n - first + 1}"
+    raise ValueError(f"no vertebral level numbered {level!r} (SCT numbering is 1=C1 .. 24=L5)")
 
 
 def level_number(name: str) -> int:
-    """Level name -> SCT number (inverse of :func:`level_name`).
+    """A level name (``C3``, ``t1``) -> SCT's level number.
 
-    >>> level_number("T1"), level_number("c3")
-    (8, 3)
+    >>> level_number("C2"), level_number("T1"), level_number("L5")
+    (2, 8, 24)
     """
-    text = name.strip().upper()
-    for prefix, first, last in _PREFIXES:
+    text = str(name).strip().upper()
+    for first, last, prefix in LEVEL_PREFIXES:
         if text.startswith(prefix) and text[1:].isdigit():
-            number = first + int(text[1:]) - 1
-            if first <= number <= last:
-                return number
-    raise ValueError(f"not a vertebral level name: {name!r}")
+            n = first + int(text[1:]) - 1
+            if first <= n <= last:
+                return n
+    raise ValueError(f"not a vertebral level name: {name!r} (expected C1..C7, T1..T12, L1..L5)")
 
 
 def slice_levels_from_labeled(labels: np.ndarray) -> np.ndarray:
@@ -105,12 +111,12 @@ def slice_levels_from_discs(discs: np.ndarray) -> np.ndarray:
 @cache
 def pam50_levels() -> pd.DataFrame:
     """The PAM50 level -> template slice table (``level, name, slice_min, slice_max,
-    n_slices``), derived once from PAM50_levels.nii.gz; see drift/data/pam50_levels.csv.
+    n_slices``), derived once from PAM50_levels.nii.gz; see drift/measure/data/pam50_levels.csv.
 
     >>> pam50_levels().set_index("name").loc["C3", ["slice_min", "slice_max"]].tolist()
     [871, 907]
     """
-    text = resources.files("drift").joinpath("data/pam50_levels.csv").read_text()
+    text = resources.files("drift.measure").joinpath("data/pam50_levels.csv").read_text()
     from io import StringIO
 
     return pd.read_csv(StringIO(text), comment="#")
@@ -149,7 +155,7 @@ def aggregate(
 ) -> pd.DataFrame:
     """Aggregate per-slice metrics as ``sct_process_segmentation`` does.
 
-    ``metrics`` is indexed by slice (see :func:`drift.morphometry.slice_metrics` or
+    ``metrics`` is indexed by slice (see :func:`drift.measure.morphometry.slice_metrics` or
     :func:`normalize_pam50`); ``levels`` gives each slice's level (0 = none). Returns rows
     with SCT's columns ``Slice (I->S)``, ``VertLevel``, ``MEAN(m)``, ``STD(m)`` (population
     STD over finite slices) and ``SUM(length)``. ``vert`` restricts to a level range.

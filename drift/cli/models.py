@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from drift.cli_common import REGISTRY_HELP, command, print_json, quiet_mlflow, registry_from
+from drift.cli.common import REGISTRY_HELP, command, print_json, quiet_mlflow, registry_from
 
 if TYPE_CHECKING:
     pass

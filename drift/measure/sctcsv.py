@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from drift.morphometry import METRIC_COLUMNS
+from drift.measure.morphometry import METRIC_COLUMNS
 from registry.errors import InputError
 from registry.fsutil import atomic_path
 

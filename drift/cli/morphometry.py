@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, cast
 import typer
 
 from drift import __version__
-from drift.cli_common import command
+from drift.cli.common import command
 from registry.errors import InputError
 
 if TYPE_CHECKING:
@@ -47,16 +47,10 @@ def morphometry_table(
     """Measure a segmentation file and aggregate as asked; returns SCT-named columns."""
     import numpy as np
 
-    from drift.levels import (
-        aggregate,
-        slice_levels_from_discs,
-        slice_levels_from_labeled,
-    )
-    from drift.levels import (
-        normalize_pam50 as to_pam50,
-    )
-    from drift.morphometry import AngleCorrection, slice_metrics
-    from drift.nifti import load_labels, load_segmentation
+    from drift.measure.levels import aggregate, slice_levels_from_discs, slice_levels_from_labeled
+    from drift.measure.levels import normalize_pam50 as to_pam50
+    from drift.measure.morphometry import AngleCorrection, slice_metrics
+    from drift.measure.nifti import load_labels, load_segmentation
 
     if vertfile is not None and discfile is not None:
         raise InputError("give --vertfile or --discfile, not both")
@@ -130,7 +124,7 @@ def morphometry(
         angle_correction=angle_correction,
     )
     if output is not None:
-        from drift.sctcsv import write_sct_csv
+        from drift.measure.sctcsv import write_sct_csv
 
         write_sct_csv(table, output, filename=str(seg), version=f"cordwatch-{__version__}")
         typer.echo(str(output))

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from drift.levels import level_name
-from drift.morphometry import slice_metrics
-from drift.phantoms import make_subject
+from drift.measure.levels import level_name
+from drift.measure.morphometry import slice_metrics
+from drift.measure.phantoms import make_subject
 
 
 def phantom_level_accuracy(n_subjects: int = 10, seed: int = 0) -> pd.DataFrame:
@@ -66,7 +66,7 @@ def summarise(per_subject: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------- stage 2: the drift gate --
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models" / "demo"
 DEMO_MODEL = "cordseg-demo"
 
 
@@ -100,8 +100,8 @@ def run_drift_demo(home: Path, out: Path, say: Callable[[str], None]) -> list[De
     against the champion: its weights re-released as an SCT-style zip (pass), a re-train with
     another seed (pass or warn: seed-to-seed shifts stay inside the ±1 % margin) and the biased
     model (fail), writing the reports under ``out``."""
-    from drift.check import record_verdict, run_check
-    from drift.cli_drift import emit_result
+    from drift.cli.drift import emit_result
+    from drift.gate.check import record_verdict, run_check
     from registry.api import connect
 
     os.environ["CORDWATCH_HOME"] = str(home)

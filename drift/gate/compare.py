@@ -1,7 +1,7 @@
 """Paired comparison of two morphometrics tables: how far did the candidate model move the cord?
 
 Pure functions on pandas tables (no files, MLflow, NIfTI or CLI here). The input is the
-"tidy" morphometrics table of :mod:`drift.sctcsv`: one row per (subject, contrast, level,
+"tidy" morphometrics table of :mod:`drift.measure.sctcsv`: one row per (subject, contrast, level,
 slice) with columns ``subject`` (str), ``contrast`` (str), ``level`` (int, SCT numbering
 1=C1 .. 7=C7, 8=T1 .. 19=T12, 20=L1 .. 24=L5), optionally ``slice`` (int; the PAM50 slice
 when PAM50-normalised, else the native slice) and float metric columns (``area``,
@@ -46,7 +46,7 @@ How the two versions are paired, and what is the statistical unit
     version's level means against it. Dice (optional table ``subject, contrast, version,
     dice`` with version ``baseline``/``candidate``): summary per version.
 
-Everything is returned as tables in a :class:`Comparison`; :mod:`drift.policy` turns it into
+Everything is returned as tables in a :class:`Comparison`; :mod:`drift.gate.policy` turns it into
 a verdict and JSON.
 """
 
@@ -62,6 +62,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from drift.measure.levels import LEVEL_PREFIXES, level_name
 from registry.errors import InputError
 
 #: Metrics measured on a ratio scale (positive, zero means nothing): the only ones a scaling
@@ -97,42 +98,8 @@ KEYS: tuple[str, ...] = ("subject", "contrast", "level")
 SLICE_KEYS: tuple[str, ...] = (*KEYS, "slice")
 VERSIONS: tuple[str, str] = ("baseline", "candidate")
 
-_LEVEL_PREFIXES: tuple[tuple[int, int, str], ...] = (
-    (1, 7, "C"),
-    (8, 19, "T"),
-    (20, 24, "L"),
-    (25, 29, "S"),
-)
 _MAD_SCALE = 1.4826  # MAD -> SD for normal data
 _Z975 = 1.959963984540054
-
-
-def level_name(level: int) -> str:
-    """SCT's vertebral level number -> its name.
-
-    >>> [level_name(n) for n in (1, 7, 8, 19, 20, 24)]
-    ['C1', 'C7', 'T1', 'T12', 'L1', 'L5']
-    """
-    n = int(level)
-    for first, last, prefix in _LEVEL_PREFIXES:
-        if first <= n <= last:
-            return f"{prefix}{n - first + 1}"
-    raise ValueError(f"no vertebral level numbered {level!r} (SCT numbering is 1=C1 .. 24=L5)")
-
-
-def level_number(name: str) -> int:
-    """A level name (``C3``, ``t1``) -> SCT's level number.
-
-    >>> level_number("C2"), level_number("T1"), level_number("L5")
-    (2, 8, 24)
-    """
-    text = str(name).strip().upper()
-    for first, last, prefix in _LEVEL_PREFIXES:
-        if text.startswith(prefix) and text[1:].isdigit():
-            n = first + int(text[1:]) - 1
-            if first <= n <= last:
-                return n
-    raise ValueError(f"not a vertebral level name: {name!r} (expected C1..C7, T1..T12, L1..L5)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,7 +282,7 @@ def checked_table(table: pd.DataFrame, name: str) -> pd.DataFrame:
         values = pd.to_numeric(table[col], errors="coerce")
         bad = ~(np.isfinite(values) & (values == np.round(values)))
         if col == "level":
-            bad |= (values < 0) | (values > _LEVEL_PREFIXES[-1][1])
+            bad |= (values < 0) | (values > LEVEL_PREFIXES[-1][1])
         if bad.any():
             example = table.loc[bad, col].iloc[0]
             raise InputError(

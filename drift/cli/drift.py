@@ -5,7 +5,8 @@
 
 ``compare`` reads two directories of per-subject SCT morphometry CSVs (``sub-XXX_*.csv``, e.g.
 PAM50-normalised per-slice files), pairs them by subject and contrast, and runs the drift
-statistics and the gate of :mod:`drift.compare` / :mod:`drift.policy`. ``check`` (registry,
+statistics and the gate of :mod:`drift.gate.compare` / :mod:`drift.gate.policy`. ``check``
+(registry,
 cohort, inference) is added to :data:`drift_app` by its own module and reuses
 :func:`print_result`, :func:`emit_result` and :func:`raise_on_fail`.
 
@@ -16,25 +17,21 @@ everything was computed, each file atomically: an error leaves none behind.
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import platform
-import re
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from drift import __version__
-from drift.cli_common import REGISTRY_HELP, command, quiet_mlflow
+from drift.cli.common import REGISTRY_HELP, command, quiet_mlflow
+from drift.gate.tables import files_sha256, read_csv_dir
+from drift.provenance import base_provenance
 from registry.errors import GateFailed, InputError
 
 if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
 
-    from drift.policy import DriftResult
+    from drift.gate.policy import DriftResult
 
 drift_app = typer.Typer(
     help="Morphometric drift between two model versions: compare, gate, report.",
@@ -42,112 +39,6 @@ drift_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-_CSV_NAME = re.compile(r"^(sub-[A-Za-z0-9]+)(?:_(.+))?\.csv$")
-
-
-def parse_csv_name(name: str) -> tuple[str, str] | None:
-    """``(subject, contrast)`` of a BIDS-ish CSV name, or None when it is not ``sub-*.csv``.
-
-    The contrast is every entity after the subject up to and including the first token
-    without a hyphen (the BIDS suffix); later tokens (``label-SC``, ``seg``, ``PAM50``) are
-    processing and ignored. Entities before the suffix stay, so MT-on and MT-off differ.
-
-    >>> parse_csv_name("sub-amu01_T2w_PAM50.csv")
-    ('sub-amu01', 'T2w')
-    >>> parse_csv_name("sub-01_acq-sag_T2w_label-SC_seg_perslice.csv")
-    ('sub-01', 'acq-sag_T2w')
-    >>> parse_csv_name("sub-01_flip-1_mt-on_MTS.csv")
-    ('sub-01', 'flip-1_mt-on_MTS')
-    >>> parse_csv_name("sub-01.csv"), parse_csv_name("participants.csv")
-    (('sub-01', 'unknown'), None)
-    """
-    m = _CSV_NAME.match(name)
-    if not m:
-        return None
-    subject, rest = m.group(1), m.group(2)
-    if not rest:
-        return subject, "unknown"
-    tokens = rest.split("_")
-    kept: list[str] = []
-    for tok in tokens:
-        kept.append(tok)
-        if "-" not in tok:
-            break
-    return subject, "_".join(kept)
-
-
-def read_csv_dir(directory: str | Path, role: str) -> tuple[pd.DataFrame, list[Path]]:
-    """All ``sub-*.csv`` of ``directory`` as one tidy table (see :mod:`drift.sctcsv`) and the
-    files read. ``role`` (``baseline``/``candidate``) only words the errors.
-
-    Raises InputError naming the directory (missing, no CSV) or the file (unreadable, or a
-    second file for the same subject and contrast).
-    """
-    import pandas as pd
-
-    from drift.sctcsv import read_sct_csv, sct_to_tidy
-
-    path = Path(directory)
-    if not path.is_dir():
-        raise InputError(f"{role} directory not found", path)
-    named = [(f, parse_csv_name(f.name)) for f in sorted(path.iterdir()) if f.is_file()]
-    found = [(f, key) for f, key in named if key is not None]
-    if not found:
-        raise InputError(f"no sub-*.csv morphometry files in the {role} directory", path)
-    seen: dict[tuple[str, str], Path] = {}
-    tables = []
-    for f, key in found:
-        if key in seen:
-            raise InputError(f"second file for {key[0]} {key[1]} (first: {seen[key].name})", f)
-        seen[key] = f
-        raw = read_sct_csv(f)
-        try:
-            tables.append(sct_to_tidy(raw, key[0], key[1]))
-        except (ValueError, KeyError, TypeError) as err:
-            raise InputError(f"cannot read SCT morphometry ({err})", f) from err
-    return pd.concat(tables, ignore_index=True), [f for f, _ in found]
-
-
-def files_sha256(files: list[Path]) -> str:
-    """One sha256 over a set of files: of the sorted ``"<name> <sha256>\\n"`` lines."""
-    from registry.fsutil import sha256_file
-
-    lines = sorted(f"{f.name} {sha256_file(f)}\n" for f in files)
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
-
-
-def git_commit() -> str | None:
-    """The commit of the cordwatch checkout, when it is one (provenance); else None."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def base_provenance() -> dict[str, Any]:
-    """What produced an output: cordwatch version and commit, Python, time (UTC)."""
-    import numpy
-    import pandas
-    import scipy
-
-    return {
-        "cordwatch_version": __version__,
-        "cordwatch_commit": git_commit(),
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "scipy": scipy.__version__,
-        "pandas": pandas.__version__,
-        "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
 
 
 def _fmt(x: float, spec: str = ".4f") -> str:
@@ -226,7 +117,7 @@ def emit_result(
     written, each file atomically) and print where they are. Returns the paths written, keyed
     ``json`` (``--json``), ``html``, ``markdown``, ``report_json``, ``figure:<name>``. Call
     :func:`raise_on_fail` afterwards for the exit code."""
-    from drift import report
+    from drift.gate import report
 
     rendered = None
     if report_dir is not None:
@@ -300,7 +191,7 @@ def compare(
     """
     from rich.console import Console
 
-    from drift.policy import drift_result, load_policy
+    from drift.gate.policy import drift_result, load_policy
 
     console = Console()
     pol = load_policy(policy)
@@ -384,7 +275,7 @@ def check(
     """
     from rich.console import Console
 
-    from drift.check import record_verdict, run_check
+    from drift.gate.check import record_verdict, run_check
 
     quiet_mlflow()
     console = Console()
