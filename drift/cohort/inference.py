@@ -257,6 +257,43 @@ def segment_cohort(
         "settings": asdict(settings),
     }
 
+    predictor = predictor_loader(
+        package_dir,
+        device=device,
+        tta=tta,
+        folds=folds,
+        package_manifest=package_manifest,
+        num_threads=num_threads,
+    )
+    results: list[SegmentationResult] = []
+    counts = {"cached": 0, "computed": 0, "failed": 0}
+    with _progress(progress, len(images)) as bar:
+        for key, image_path, image_sha in images:
+            if bar is not None:
+                bar.update(bar.task_ids[0], description=key)
+            result = segment_image(
+                predictor, key, Path(image_path), image_sha, cache, settings, provenance
+            )
+            counts[outcome(result)] += 1
+            results.append(result)
+            if bar is not None:
+                status = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+                bar.update(bar.task_ids[0], advance=1, status=status)
+    return results
+
+
+def predictor_loader(
+    package_dir: str | Path,
+    *,
+    device: str = "auto",
+    tta: bool = False,
+    folds: Sequence[int | str] | None = None,
+    package_manifest: Mapping[str, str] | None = None,
+    num_threads: int | None = None,
+) -> _LazyPredictor:
+    """The package's predictor, loaded (hashes verified against ``package_manifest`` first) on
+    the first image that is not cached. The drift engine keeps one per worker and package."""
+
     def load() -> Any:
         return nnunet.load_predictor(
             package_dir,
@@ -267,58 +304,55 @@ def segment_cohort(
             num_threads=num_threads,
         )
 
-    predictor = _LazyPredictor(load, Path(package_dir))
-    results: list[SegmentationResult] = []
-    counts = {"cached": 0, "computed": 0, "failed": 0}
-    with _progress(progress, len(images)) as bar:
-        for key, image_path, image_sha in images:
-            image = Path(image_path)
-            if bar is not None:
-                bar.update(bar.task_ids[0], description=key)
-            t0 = time.perf_counter()
-            ckey: str | None = None
-            try:
-                actual = _image_sha256(image)
-                if image_sha is not None and actual != image_sha.lower():
-                    raise IntegrityError(
-                        f"sha256 {actual[:12]}... does not match the cohort's {image_sha[:12]}...",
-                        image,
-                    )
-                ckey = cache_key(package_sha256, actual, settings)
-                seg_path, meta_path = entry_paths(cache, ckey)
-                hit = cached_segmentation(cache, ckey)
-                if hit is None:
-                    _segment_one(
-                        predictor,
-                        image,
-                        seg_path,
-                        meta_path,
-                        {**provenance, "image_sha256": actual, "image": str(image)},
-                        settings.output,
-                    )
-                    counts["computed"] += 1
-                else:
-                    counts["cached"] += 1
-                result = SegmentationResult(
-                    key,
-                    image,
-                    "ok",
-                    seg_path,
-                    None,
-                    time.perf_counter() - t0,
-                    hit is not None,
-                    ckey,
-                )
-            except Exception as err:  # one bad image must not stop the cohort
-                if predictor.load_error is not None:  # ... but a broken model must
-                    raise
-                counts["failed"] += 1
-                result = _failed(key, image, _one_line(err, image), t0, ckey)
-            results.append(result)
-            if bar is not None:
-                status = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-                bar.update(bar.task_ids[0], advance=1, status=status)
-    return results
+    return _LazyPredictor(load, Path(package_dir))
+
+
+def segment_image(
+    predictor: _LazyPredictor,
+    key: str,
+    image: Path,
+    image_sha: str | None,
+    cache: Path,
+    settings: InferenceSettings,
+    provenance: Mapping[str, Any],
+) -> SegmentationResult:
+    """One image of a cohort: hash it, reuse its cache entry or predict and write one.
+
+    A failing image is returned as ``failed``; only a model that cannot be loaded raises.
+    """
+    t0 = time.perf_counter()
+    ckey: str | None = None
+    try:
+        actual = _image_sha256(image)
+        if image_sha is not None and actual != image_sha.lower():
+            raise IntegrityError(
+                f"sha256 {actual[:12]}... does not match the cohort's {image_sha[:12]}...",
+                image,
+            )
+        ckey = cache_key(str(provenance["package_sha256"]), actual, settings)
+        seg_path, meta_path = entry_paths(cache, ckey)
+        hit = cached_segmentation(cache, ckey)
+        if hit is None:
+            _segment_one(
+                predictor,
+                image,
+                seg_path,
+                meta_path,
+                {**provenance, "image_sha256": actual, "image": str(image)},
+                settings.output,
+            )
+        return SegmentationResult(
+            key, image, "ok", seg_path, None, time.perf_counter() - t0, hit is not None, ckey
+        )
+    except Exception as err:  # one bad image must not stop the cohort
+        if predictor.load_error is not None:  # ... but a broken model must
+            raise
+        return _failed(key, image, _one_line(err, image), t0, ckey)
+
+
+def outcome(result: SegmentationResult) -> str:
+    """``failed``, ``cached`` or ``computed``: what the progress bar counts."""
+    return "failed" if result.status == "failed" else "cached" if result.cached else "computed"
 
 
 def _failed(key: str, image: Path, error: str, t0: float, ckey: str | None) -> SegmentationResult:
