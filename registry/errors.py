@@ -6,7 +6,27 @@ Every error names the file (or registry object) it is about and says what is wro
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s]*)@")
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&;](?:password|passwd|pwd|token|secret|access_token|api_key|apikey|key|sig|"
+    r"signature|X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token)=)[^&;\s]*",
+    re.IGNORECASE,
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URI in it replaced by ``***``.
+
+    >>> redact("cannot reach http://user:s3cret@host:5000/x?token=abc&a=1")
+    'cannot reach http://***@host:5000/x?token=***&a=1'
+    >>> redact("postgresql://mlflow@db/mlflow")
+    'postgresql://***@db/mlflow'
+    """
+    text = _USERINFO.sub(lambda m: m.group("scheme") + "***@", str(text))
+    return _SECRET_QUERY.sub(lambda m: m.group("key") + "***", text)
 
 
 class CordwatchError(Exception):
@@ -15,8 +35,9 @@ class CordwatchError(Exception):
     exit_code = 2
 
     def __init__(self, message: str, path: str | Path | None = None) -> None:
-        self.message = message
-        self.path = None if path is None else str(path)
+        # Credentials never reach a message: URIs of a registry may carry user:password.
+        self.message = redact(message)
+        self.path = None if path is None else redact(str(path))
         super().__init__(f"{self.path}: {message}" if self.path else message)
 
 

@@ -1,26 +1,33 @@
 """The MLflow pyfunc stored with every version: segment NIfTI files with the package.
 
 Stored as a "model from code" (no pickled Python object in the artifacts): the entry file
-written by :func:`save_pyfunc` builds :class:`NnunetPackageModel`. The version's artifact tree:
+written by :func:`save_pyfunc` builds :class:`NnunetPackageModel` from the *installed*
+cordwatch (no copy of cordwatch's code is stored: code in the artifact store is not covered
+by the registry's sha256). The version's artifact tree:
 
     model/MLmodel, requirements.txt, python_env.yaml, conda.yaml, cordwatch_model.py
-    model/code/registry/...                      this package, so the model loads standalone
     model/artifacts/package/...                  the nnU-Net v2 results folder
     model/artifacts/cordwatch_manifest.json      sha256 of every package file
 
-Use from MLflow::
+Two ways to load it:
 
-    model = mlflow.pyfunc.load_model("models:/sc-seg@champion")
-    model.predict(["sub-01_T2w.nii.gz"], params={"out_dir": "segs", "device": "cpu"})
-
-``load_context`` verifies every package file against the manifest before nnU-Net (which
-unpickles checkpoints) is touched; nnU-Net itself is imported only inside ``predict``.
+- :func:`load_verified` (``registry.pyfunc.load_verified("sc-seg@champion")``): looks the
+  package sha256 up in the registry's database, pulls the package into the verified cache
+  (manifest against that sha256, every file against the manifest) and builds the model from
+  the installed code. No file of the artifact store is executed. Use this one.
+- ``mlflow.pyfunc.load_model("models:/sc-seg@champion")``: MLflow's own loader. Before
+  anything else of the package is read, ``load_context`` checks the stored manifest's sha256
+  against the ``cordwatch.sha256`` tag of a version in the registry MLflow is using, then
+  every package file against the manifest, all before nnU-Net (which unpickles checkpoints)
+  is touched. MLflow itself, though, executes the stored ``MLmodel`` loader and the entry
+  file ``cordwatch_model.py`` before cordwatch gets control: whoever can write the artifact
+  store can change those, so this path is only as safe as the store.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 import tempfile
 import warnings
 from importlib import metadata
@@ -30,6 +37,7 @@ from typing import Any
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from registry.errors import IntegrityError
 from registry.manifest import MANIFEST_NAME, Manifest, verify_tree
 
 ENTRY_NAME = "cordwatch_model.py"
@@ -45,6 +53,8 @@ set_model(NnunetPackageModel())
 '''
 #: Default inference parameters (all can be given in ``predict(..., params=...)``).
 PARAMS: dict[str, Any] = {"out_dir": "", "device": "auto", "tta": False, "soft": False}
+#: A stored manifest larger than this is refused before it is read (10 000 files ~ 1.5 MB).
+MAX_MANIFEST_BYTES = 64 << 20
 
 
 def _pin(dist: str, fallback: str) -> str:
@@ -77,17 +87,66 @@ def _input_paths(model_input: Any) -> list[str]:
     return [str(p) for p in list(model_input)]
 
 
+def _registry_uri() -> str | None:
+    """The registry MLflow is using when one was set (``set_registry_uri``/``set_tracking_uri``
+    or their variables), else None: cordwatch's default (``CORDWATCH_HOME``)."""
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    if (
+        registry_utils._get_registry_uri_from_context() is not None
+        or tracking_utils.is_tracking_uri_set()
+    ):
+        return str(mlflow.get_registry_uri())
+    return None
+
+
+def registered_manifest(manifest_path: Path, registry_uri: str | None = None) -> Manifest:
+    """Read a stored manifest and check that its sha256 is the ``cordwatch.sha256`` tag of a
+    version in the registry (the one MLflow uses, else cordwatch's default).
+
+    IntegrityError (naming ``manifest_path``) when no version of that registry carries it:
+    the manifest was rewritten in the artifact store, or the model is not from this registry.
+    """
+    from registry.api import connect
+    from registry.lookup import SHA_TAG
+
+    try:
+        size = manifest_path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise IntegrityError(
+                f"package manifest of {size} bytes (limit {MAX_MANIFEST_BYTES})", manifest_path
+            )
+        data = manifest_path.read_bytes()
+    except OSError as err:
+        raise IntegrityError(
+            f"cannot read the package manifest: {err.strerror}", manifest_path
+        ) from err
+    sha = hashlib.sha256(data).hexdigest()
+    reg = connect(registry_uri if registry_uri is not None else _registry_uri())
+    with reg._errors(str(manifest_path)):
+        found = reg.client.search_model_versions(f"tags.`{SHA_TAG}` = '{sha}'")
+    if not [mv for mv in found if (mv.tags or {}).get(SHA_TAG) == sha]:
+        raise IntegrityError(
+            f"manifest sha256 {sha[:12]}... is the cordwatch.sha256 of no version in "
+            f"{reg.settings.redacted_uri}: the stored model was altered (or is not from this "
+            "registry)",
+            manifest_path,
+        )
+    return Manifest.from_bytes(data, manifest_path)
+
+
 class NnunetPackageModel(PythonModel):
     """Segments NIfTI images with the version's nnU-Net package (via ``registry.nnunet``)."""
 
     package_dir: Path
 
     def load_context(self, context: Any) -> None:
-        self.package_dir = Path(context.artifacts["package"])
-        manifest_path = Path(context.artifacts["manifest"])
-        verify_tree(
-            self.package_dir, Manifest.from_bytes(manifest_path.read_bytes(), manifest_path)
-        )
+        package_dir = Path(context.artifacts["package"])
+        manifest = registered_manifest(Path(context.artifacts["manifest"]))
+        verify_tree(package_dir, manifest)
+        self.package_dir = package_dir
 
     # A DataFrame hint: MLflow then keeps our explicit signature instead of deriving one.
     def predict(
@@ -108,6 +167,36 @@ class NnunetPackageModel(PythonModel):
             soft=bool(opts["soft"]),
         )
         return pd.DataFrame({"path": paths, "segmentation": [str(p) for p in written]})
+
+
+class VerifiedModel:
+    """A version's model built by :func:`load_verified`: ``predict(paths, params)``."""
+
+    def __init__(self, ref: str, package_dir: Path) -> None:
+        self.ref = ref
+        self.package_dir = package_dir
+        self._model = NnunetPackageModel()
+        self._model.package_dir = package_dir
+
+    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """As the pyfunc's ``predict``: NIfTI paths in, (``path``, ``segmentation``) out."""
+        return self._model.predict(None, model_input, params)
+
+
+def load_verified(
+    ref: str, registry: str | None = None, home: str | Path | None = None
+) -> VerifiedModel:
+    """Load version ``ref`` (``NAME@ALIAS`` or ``NAME/N``) with every check and no stored code.
+
+    The package comes from :meth:`registry.api.Registry.pull` (manifest against the
+    database's ``cordwatch.sha256``, every file against the manifest, before the path is
+    returned); the model code is the installed cordwatch.
+    """
+    from registry.api import connect
+
+    reg = connect(registry, home)
+    package = reg.pull(ref)
+    return VerifiedModel(ref, package)
 
 
 def _signature() -> Any:
@@ -143,10 +232,8 @@ def save_pyfunc(package_dir: Path, manifest_file: Path, model_dir: Path, workdir
 
     entry = workdir / ENTRY_NAME
     entry.write_text(_ENTRY_CODE)
-    code = workdir / "code" / "registry"
-    shutil.copytree(
-        Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
+    # No code_paths: a stored copy of cordwatch would be imported from the artifact store,
+    # outside the verified manifest; the entry file imports the installed package instead.
     with warnings.catch_warnings():
         # "no input example": an example would be run through predict, i.e. through nnU-Net
         warnings.filterwarnings("ignore", message=".*input example.*", category=UserWarning)
@@ -154,7 +241,6 @@ def save_pyfunc(package_dir: Path, manifest_file: Path, model_dir: Path, workdir
             path=str(model_dir),
             python_model=str(entry),
             artifacts={"package": str(package_dir), "manifest": str(manifest_file)},
-            code_paths=[str(code)],
             pip_requirements=pip_requirements(),
             signature=_signature(),
         )

@@ -27,7 +27,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.errors import RegistryError
+from registry.errors import RegistryError, redact
 from registry.fsutil import atomic_path, file_lock
 
 HOME_ENV = "CORDWATCH_HOME"
@@ -67,6 +67,11 @@ class RegistrySettings:
     uri: str
     home: Path
     artifact_root: str | None
+
+    @property
+    def redacted_uri(self) -> str:
+        """The URI without credentials, for messages and logs."""
+        return redact(self.uri)
 
     @property
     def is_sqlite(self) -> bool:
