@@ -12,8 +12,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from drift import normative as N
-from drift.cli import app
+from drift.cli.main import app
+from drift.normative.layout import write_synthetic_db
+from drift.normative.store import NormativeStore, resolve
+from drift.normative.summary import summary, zscore
 from registry.api import Registry, connect
 from registry.testing import make_package
 
@@ -44,7 +46,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         pkg = make_package(work / "pkg", size=64)
         for _ in range(3):
             reg.register("cordseg", pkg)
-        yield Env(reg, home, work, N.write_synthetic_db(work / "src", 8))
+        yield Env(reg, home, work, write_synthetic_db(work / "src", 8))
 
 
 def cw(*args: object) -> tuple[int, str, str]:
@@ -91,14 +93,14 @@ def test_import_without_model_warns(env: Env) -> None:
 
 
 def test_import_bad_folder_exit_2_naming_the_file(env: Env, tmp_path: Path) -> None:
-    src = N.write_synthetic_db(tmp_path / "db", 2)
+    src = write_synthetic_db(tmp_path / "db", 2)
     bad = src / "spinal_cord" / "sub-syn02_T2w_PAM50.csv"
     bad.write_text("Slice (I->S),VertLevel\n1,2\n")
     code, out, err = cw("import", src, "--name", "broken")
     assert code == 2 and out == ""
     assert err.startswith(f"cordwatch: error: {bad}: ")
     assert len(err.strip().splitlines()) == 1
-    assert N.NormativeStore(env.reg).versions("broken") == []
+    assert NormativeStore(env.reg).versions("broken") == []
     code, _, err = cw("import", tmp_path / "missing", "--name", "broken")
     assert code == 2 and "not a directory" in err
 
@@ -115,7 +117,7 @@ def test_list_and_show(env: Env, db: str) -> None:
     assert code == 0
     doc = json.loads(out)
     assert doc["ref"] == db and doc["n_participants"] == 8
-    lib = N.summary(db, metrics=["area"], registry=env.reg)
+    lib = summary(db, metrics=["area"], registry=env.reg)
     c3 = next(r for r in doc["summary"] if r["metric"] == "area" and r["level_name"] == "C3")
     assert c3["mean"] == pytest.approx(lib.set_index("level_name").loc["C3", "mean"], rel=1e-12)
     code, out, _ = cw("show", "cli-hc")  # NAME = latest
@@ -128,7 +130,7 @@ def test_summary_filters(env: Env, db: str) -> None:
     assert code == 0
     doc = json.loads(out)
     assert doc["filters"] == {"sex": "F", "age": [20.0, 40.0], "vendor": None}
-    lib = N.summary(db, sex="F", age=(20, 40), metrics=["area"], registry=env.reg)
+    lib = summary(db, sex="F", age=(20, 40), metrics=["area"], registry=env.reg)
     assert [r["mean"] for r in doc["levels"]] == pytest.approx(lib["mean"].tolist(), rel=1e-12)
     assert {r["n"] for r in doc["levels"]} == {4}  # F aged 21, 27, 33, 39 (42 is M)
     code, out, _ = cw("summary", db, "--vendor", "GE")
@@ -173,7 +175,7 @@ def test_update_rescale_prints_the_version_last(env: Env, db: str, tmp_path: Pat
 
 
 def test_update_refusals_exit_2(env: Env, db: str, tmp_path: Path) -> None:
-    before = len(N.NormativeStore(env.reg).versions("cli-hc"))
+    before = len(NormativeStore(env.reg).versions("cli-hc"))
     uneven = uniform_result(tmp_path / "u.json", 1.0, "cordseg/1", "cordseg/3")
     doc = json.loads(uneven.read_text())
     doc["metrics"]["area"]["levels"]["C4"]["scaling_factor"] = 0.95
@@ -192,7 +194,7 @@ def test_update_refusals_exit_2(env: Env, db: str, tmp_path: Path) -> None:
     assert code == 2 and "--recompute needs --cohort" in err
     code, _, err = cw("update", "cli-hc", "--model", "cordseg/9", "--scaling", uneven)
     assert code == 2 and "--model" in err
-    assert len(N.NormativeStore(env.reg).versions("cli-hc")) == before
+    assert len(NormativeStore(env.reg).versions("cli-hc")) == before
 
 
 def test_update_assume_baseline_is_loud_and_recorded(env: Env, tmp_path: Path) -> None:
@@ -230,7 +232,7 @@ def test_zscore_model_checks(env: Env, db: str, tmp_path: Path) -> None:
     assert code == 0 and err == ""
     doc = json.loads(out)
     assert doc["model_check"] == "match" and doc["subject"] == "sub-syn03"
-    lib = N.zscore(subject, db, model_ref="cordseg/1", registry=env.reg).table
+    lib = zscore(subject, db, model_ref="cordseg/1", registry=env.reg).table
     assert [r["z"] for r in doc["levels"]] == pytest.approx(lib["z"].tolist(), rel=1e-12)
     code, out, _ = cw("zscore", subject, "--db", db, "--model", "cordseg/1", "--sex", "M")
     assert code == 0 and "sex M" in out and "percentile" in out
@@ -241,7 +243,7 @@ def test_zscore_model_checks(env: Env, db: str, tmp_path: Path) -> None:
 def test_tampered_artifact_exit_2(env: Env, db: str, tmp_path: Path) -> None:
     code, _, _ = cw("import", env.src, "--name", "tamper", "--model", "cordseg/1")
     assert code == 0
-    v = N.resolve("tamper@1", registry=env.reg)
+    v = resolve("tamper@1", registry=env.reg)
     rel = "participants.tsv"
     stored = Path(v.artifact_uri.removeprefix("file://")) / rel
     original = stored.read_bytes()

@@ -2,7 +2,7 @@
 
 The real database (../shared/data/normative_r20250321, 203 subjects) is imported once per
 module; numbers are checked against straight pandas on the raw CSVs. Logic tests use a small
-seeded synthetic database (drift.normative.write_synthetic_db).
+seeded synthetic database (drift.normative.layout.write_synthetic_db).
 """
 
 from __future__ import annotations
@@ -19,10 +19,30 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from drift import normative as N
-from drift.policy import drift_result
-from drift.report import write_json
-from drift.sctcsv import COLUMNS_23, read_sct_csv
+from drift.gate.policy import drift_result
+from drift.gate.report import write_json
+from drift.measure.sctcsv import COLUMNS_23, read_sct_csv
+from drift.normative.layout import load_data, pam50_measurements, write_synthetic_db
+from drift.normative.policy import (
+    DEFAULT_POLICY_PATH,
+    NormativePolicy,
+    load_normative_policy,
+    parse_scaling,
+)
+from drift.normative.store import (
+    EXPERIMENT_PREFIX,
+    KIND_TAG,
+    KIND_VALUE,
+    TAG,
+    NormativeStore,
+    NormativeVersion,
+    export_db,
+    import_db,
+    read_records,
+    resolve,
+)
+from drift.normative.summary import summary, zscore
+from drift.normative.update import rescale_plan, rescale_sct_text, update
 from registry.api import Registry, connect
 from registry.errors import InputError, IntegrityError, RegistryError
 from registry.testing import make_package
@@ -59,19 +79,19 @@ def real_src(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def real(env: Env, real_src: Path) -> N.NormativeVersion:
+def real(env: Env, real_src: Path) -> NormativeVersion:
     """The real database imported as hc@1, made (we say) by cordseg/1."""
-    return N.import_db(real_src, "hc", "cordseg/1", registry=env.reg)
+    return import_db(real_src, "hc", "cordseg/1", registry=env.reg)
 
 
 @pytest.fixture(scope="module")
 def real_tidy(real_src: Path) -> pd.DataFrame:
-    return N.load_data(real_src).tidy
+    return load_data(real_src).tidy
 
 
 def syn_db(env: Env, name: str, n: int = 8, seed: int = 0, model: str | None = "cordseg/1"):
-    src = N.write_synthetic_db(env.work / f"src-{name}", n, seed)
-    return src, N.import_db(src, name, model, registry=env.reg)
+    src = write_synthetic_db(env.work / f"src-{name}", n, seed)
+    return src, import_db(src, name, model, registry=env.reg)
 
 
 def raw_level_means(files: list[Path], column: str) -> pd.DataFrame:
@@ -128,9 +148,9 @@ ALL_SYN_LEVELS = ("C1", "C2", "C3", "C4", "C5", "C6", "C7", "T1", "T2")
 
 
 def test_import_real_export_is_byte_identical(
-    env: Env, real: N.NormativeVersion, real_src: Path, tmp_path: Path
+    env: Env, real: NormativeVersion, real_src: Path, tmp_path: Path
 ) -> None:
-    out = N.export_db("hc@1", tmp_path / "export", registry=env.reg)
+    out = export_db("hc@1", tmp_path / "export", registry=env.reg)
     src_csv = sorted((real_src / "spinal_cord").glob("*.csv"))
     out_csv = sorted((out / "spinal_cord").glob("*.csv"))
     assert len(src_csv) == 203
@@ -152,7 +172,7 @@ def test_import_real_export_is_byte_identical(
     assert meta["version"]["model"] == "cordseg/1"
 
 
-def test_import_real_metadata(env: Env, real: N.NormativeVersion, real_src: Path) -> None:
+def test_import_real_metadata(env: Env, real: NormativeVersion, real_src: Path) -> None:
     assert (real.name, real.version, real.kind) == ("hc", 1, "import")
     assert real.model == "cordseg/1"
     assert real.n_subjects == 203 and real.n_files == 203
@@ -165,21 +185,21 @@ def test_import_real_metadata(env: Env, real: N.NormativeVersion, real_src: Path
             rel = p.relative_to(real_src).as_posix()
             lines.append(f"{rel} {hashlib.sha256(p.read_bytes()).hexdigest()}\n")
     assert real.files_sha256 == hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
-    again = N.resolve("hc@1", registry=env.reg)
+    again = resolve("hc@1", registry=env.reg)
     assert again == real
-    assert N.resolve("hc", registry=env.reg).version >= 1
+    assert resolve("hc", registry=env.reg).version >= 1
 
 
 # ------------------------------------------------------------------- summaries, real -------
 
 
-def test_summary_real_matches_pandas(env: Env, real: N.NormativeVersion, real_src: Path) -> None:
+def test_summary_real_matches_pandas(env: Env, real: NormativeVersion, real_src: Path) -> None:
     metrics = ["area", "diameter_AP", "eccentricity"]
-    summary = N.summary("hc@1", metrics=metrics, registry=env.reg)
+    levels = summary("hc@1", metrics=metrics, registry=env.reg)
     files = sorted((real_src / "spinal_cord").glob("*.csv"))
     checked = 0
     for metric in metrics:
-        got = summary[summary["metric"] == metric].set_index("level")
+        got = levels[levels["metric"] == metric].set_index("level")
         table = raw_level_means(files, f"MEAN({metric})")
         for level, row in table.iterrows():
             values = row.dropna().to_numpy()
@@ -198,8 +218,8 @@ def test_summary_real_matches_pandas(env: Env, real: N.NormativeVersion, real_sr
     assert checked == 3 * 14  # C1 .. T7
 
 
-def test_summary_real_filters(env: Env, real: N.NormativeVersion, real_src: Path) -> None:
-    got = N.summary(
+def test_summary_real_filters(env: Env, real: NormativeVersion, real_src: Path) -> None:
+    got = summary(
         "hc@1", sex="F", age=(20, 40), vendor="siemens", metrics=["area"], registry=env.reg
     )
     p = pd.read_csv(real_src / "participants.tsv", sep="\t")
@@ -230,7 +250,7 @@ def shrunk(tidy: pd.DataFrame, seed: int = 1, factor: float = 0.975) -> pd.DataF
 
 
 def test_rescale_real_uniform_shrink_detected_and_corrected(
-    env: Env, real: N.NormativeVersion, real_tidy: pd.DataFrame, tmp_path: Path
+    env: Env, real: NormativeVersion, real_tidy: pd.DataFrame, tmp_path: Path
 ) -> None:
     cand = shrunk(real_tidy)
     res = drift_result(
@@ -246,13 +266,13 @@ def test_rescale_real_uniform_shrink_detected_and_corrected(
         assert doc["metrics"]["area"]["levels"][lv]["scaling_factor"] == pytest.approx(
             0.975, abs=0.001
         )
-    new = N.update("hc", "cordseg/2", tmp_path / "result.json", registry=env.reg).version
+    new = update("hc", "cordseg/2", tmp_path / "result.json", registry=env.reg).version
     assert (new.kind, new.model, new.parent) == ("rescale", "cordseg/2", real.version)
     assert new.source == "rescale of hc@1"
     assert new.tags["cordwatch.normative.baseline_model"] == "cordseg/1"
     # corrected: the rescaled database's level means match the shrunk data within 0.1 %
-    with N.NormativeStore(env.reg).opened(new) as (_, folder):
-        data = N.load_data(folder)
+    with NormativeStore(env.reg).opened(new) as (_, folder):
+        data = load_data(folder)
         record = json.loads((folder / "cordwatch" / "rescale.json").read_text())
         levels = pd.read_csv(folder / "cordwatch" / "factors_level.csv")
         slices = pd.read_csv(folder / "cordwatch" / "factors_slice.csv")
@@ -288,7 +308,7 @@ def test_rescale_exact_factor_per_slice(env: Env, tmp_path: Path) -> None:
     """Without noise, every rescaled slice value is the original x 0.975 (to 1e-9), NaN stays
     empty, every other column is untouched."""
     src, v = syn_db(env, "exact", 8)
-    base = N.load_data(src).tidy
+    base = load_data(src).tidy
     cand = base.copy()
     for m in ("area", "diameter_AP", "diameter_RL"):
         cand[m] = base[m] * 0.975
@@ -299,9 +319,9 @@ def test_rescale_exact_factor_per_slice(env: Env, tmp_path: Path) -> None:
         n_boot=100,
     )
     write_json(res, tmp_path / "exact.json")
-    new = N.update("exact", "cordseg/3", tmp_path / "exact.json", registry=env.reg).version
+    new = update("exact", "cordseg/3", tmp_path / "exact.json", registry=env.reg).version
     assert new.parent == v.version
-    store = N.NormativeStore(env.reg)
+    store = NormativeStore(env.reg)
     with store.opened(new) as (_, folder):
         stored = {p.name: read_sct_csv(p) for p in (folder / "spinal_cord").glob("*.csv")}
         sources = pd.read_csv(folder / "cordwatch" / "factors_slice.csv")["source"]
@@ -322,7 +342,7 @@ def test_rescale_exact_factor_per_slice(env: Env, tmp_path: Path) -> None:
 def result_for(env: Env, name: str, base: pd.DataFrame, cand: pd.DataFrame, path: Path) -> Path:
     """A drift result of ``cand`` vs ``base`` naming the database's current model as its
     baseline and cordseg/3 as its candidate."""
-    baseline = N.resolve(name, registry=env.reg).model
+    baseline = resolve(name, registry=env.reg).model
     res = drift_result(
         base,
         cand,
@@ -333,21 +353,21 @@ def result_for(env: Env, name: str, base: pd.DataFrame, cand: pd.DataFrame, path
 
 
 def test_rescale_real_nonuniform_level_refused(
-    env: Env, real: N.NormativeVersion, real_tidy: pd.DataFrame, tmp_path: Path
+    env: Env, real: NormativeVersion, real_tidy: pd.DataFrame, tmp_path: Path
 ) -> None:
     cand = real_tidy.copy()
     c4 = cand["level"] == 4
     for m in ("area", "diameter_AP", "diameter_RL"):
         cand.loc[c4, m] = cand.loc[c4, m] * 0.95
     doc = result_for(env, "hc", real_tidy, cand, tmp_path / "c4.json")
-    before = [v.version for v in N.NormativeStore(env.reg).versions("hc")]
+    before = [v.version for v in NormativeStore(env.reg).versions("hc")]
     with pytest.raises(InputError, match=r"area: level factors spread 5\.\d+ % \(C4 0\.9500"):
-        N.update("hc", "cordseg/3", doc, registry=env.reg)
-    assert [v.version for v in N.NormativeStore(env.reg).versions("hc")] == before
+        update("hc", "cordseg/3", doc, registry=env.reg)
+    assert [v.version for v in NormativeStore(env.reg).versions("hc")] == before
 
 
 def test_rescale_real_slicewise_noise_refused(
-    env: Env, real: N.NormativeVersion, real_tidy: pd.DataFrame, tmp_path: Path
+    env: Env, real: NormativeVersion, real_tidy: pd.DataFrame, tmp_path: Path
 ) -> None:
     """Level means barely move but the factor swings +-5 % along the slices: refused."""
     cand = real_tidy.copy()
@@ -356,21 +376,21 @@ def test_rescale_real_slicewise_noise_refused(
         cand[m] = real_tidy[m] * wave
     doc = result_for(env, "hc", real_tidy, cand, tmp_path / "wave.json")
     with pytest.raises(InputError, match=r"area C3: slice-wise CoV [3-4]\.\d\d % > 2\.00 %"):
-        N.update("hc", "cordseg/3", doc, registry=env.reg)
+        update("hc", "cordseg/3", doc, registry=env.reg)
 
 
 # ------------------------------------------------------------------------- z-scores, real ---
 
 
 def test_zscore_real_matches_pandas(
-    env: Env, real: N.NormativeVersion, real_src: Path, tmp_path: Path
+    env: Env, real: NormativeVersion, real_src: Path, tmp_path: Path
 ) -> None:
     files = sorted((real_src / "spinal_cord").glob("*.csv"))
     patient = tmp_path / "sub-patient_T2w_PAM50.csv"
     df = pd.read_csv(files[5])
     df["MEAN(area)"] = df["MEAN(area)"] * 0.8  # an atrophied cord
     df.to_csv(patient, index=False)
-    res = N.zscore(patient, "hc@1", model_ref="cordseg/1", registry=env.reg)
+    res = zscore(patient, "hc@1", model_ref="cordseg/1", registry=env.reg)
     assert res.model_check == "match" and res.warnings == []
     ref = raw_level_means(files, "MEAN(area)").loc[3].dropna().to_numpy()
     value = df.groupby("VertLevel")["MEAN(area)"].mean()[3]
@@ -388,23 +408,23 @@ def test_zscore_real_matches_pandas(
 
 
 def test_import_bad_inputs_store_nothing(env: Env, tmp_path: Path) -> None:
-    store = N.NormativeStore(env.reg)
+    store = NormativeStore(env.reg)
 
     def fresh(tag: str) -> Path:
-        return N.write_synthetic_db(tmp_path / tag, 3)
+        return write_synthetic_db(tmp_path / tag, 3)
 
     bad = fresh("columns")
     victim = bad / "spinal_cord" / "sub-syn02_T2w_PAM50.csv"
     victim.write_text(victim.read_text().replace("MEAN(solidity)", "MEAN(solid)"))
     with pytest.raises(InputError, match="23- or 29-column") as err:
-        N.import_db(bad, "bad", registry=env.reg)
+        import_db(bad, "bad", registry=env.reg)
     assert err.value.path == str(victim)
 
     garbage = fresh("garbage")
     victim = garbage / "spinal_cord" / "sub-syn01_T2w_PAM50.csv"
     victim.write_text("not,a\ncsv")
     with pytest.raises(InputError) as err:
-        N.import_db(garbage, "bad", registry=env.reg)
+        import_db(garbage, "bad", registry=env.reg)
     assert err.value.path == str(victim)
 
     native = fresh("native")
@@ -413,32 +433,32 @@ def test_import_bad_inputs_store_nothing(env: Env, tmp_path: Path) -> None:
     df["Slice (I->S)"] = df["Slice (I->S)"] - 300  # native-space slice numbers
     df.to_csv(victim, index=False)
     with pytest.raises(InputError, match="not PAM50-normalised") as err:
-        N.import_db(native, "bad", registry=env.reg)
+        import_db(native, "bad", registry=env.reg)
     assert err.value.path == str(victim)
 
     orphan = fresh("orphan")
     p = orphan / "participants.tsv"
     p.write_text("\n".join(p.read_text().splitlines()[:-1]) + "\n")
     with pytest.raises(InputError, match="sub-syn03 has a CSV but no row") as err:
-        N.import_db(orphan, "bad", registry=env.reg)
+        import_db(orphan, "bad", registry=env.reg)
     assert err.value.path == str(p)
 
     extra = fresh("extra")
     (extra / "spinal_cord" / "notes.txt").write_text("x")
     with pytest.raises(InputError, match="not a sub-XXX"):
-        N.import_db(extra, "bad", registry=env.reg)
+        import_db(extra, "bad", registry=env.reg)
 
     with pytest.raises(InputError, match="no sub-"):
-        N.import_db(tmp_path, "bad", registry=env.reg)
+        import_db(tmp_path, "bad", registry=env.reg)
     with pytest.raises(InputError, match="--model"):
-        N.import_db(fresh("model"), "bad", "cordseg/99", registry=env.reg)
+        import_db(fresh("model"), "bad", "cordseg/99", registry=env.reg)
     assert store.versions("bad") == []
 
 
 def test_flat_layout_and_alias_model(env: Env, tmp_path: Path) -> None:
-    src = N.write_synthetic_db(tmp_path / "db", 3)
+    src = write_synthetic_db(tmp_path / "db", 3)
     env.reg.promote("cordseg/2", "candidate")
-    v = N.import_db(src / "spinal_cord", "flat", "cordseg@candidate", registry=env.reg)
+    v = import_db(src / "spinal_cord", "flat", "cordseg@candidate", registry=env.reg)
     assert v.model == "cordseg/2"  # the alias is resolved and recorded as NAME/VERSION
     assert v.n_subjects == 3
 
@@ -450,11 +470,11 @@ def test_tampered_artifact_is_an_integrity_error(env: Env, tmp_path: Path) -> No
     stored.write_bytes(original.replace(b"synthetic", b"synthetiC", 1))
     try:
         with pytest.raises(IntegrityError, match=r"sha256 .* does not match") as err:
-            N.export_db("tamper@1", tmp_path / "out", registry=env.reg)
+            export_db("tamper@1", tmp_path / "out", registry=env.reg)
         assert err.value.path == v.stored("spinal_cord/sub-syn02_T2w_PAM50.csv")
         assert not (tmp_path / "out").exists()
         with pytest.raises(IntegrityError):
-            N.summary("tamper", registry=env.reg)
+            summary("tamper", registry=env.reg)
     finally:
         stored.write_bytes(original)
     manifest = Path(v.artifact_uri.removeprefix("file://")) / "manifest.json"
@@ -462,7 +482,7 @@ def test_tampered_artifact_is_an_integrity_error(env: Env, tmp_path: Path) -> No
     manifest.write_bytes(text.replace(b'"size": ', b'"size":  ', 1))
     try:
         with pytest.raises(IntegrityError, match="manifest sha256") as err:
-            N.export_db("tamper", tmp_path / "out2", registry=env.reg)
+            export_db("tamper", tmp_path / "out2", registry=env.reg)
         assert err.value.path == v.stored("manifest.json")
     finally:
         manifest.write_bytes(text)
@@ -470,21 +490,21 @@ def test_tampered_artifact_is_an_integrity_error(env: Env, tmp_path: Path) -> No
     extra.write_text("x")
     try:
         with pytest.raises(IntegrityError, match="unexpected file"):
-            N.export_db("tamper", tmp_path / "out3", registry=env.reg)
+            export_db("tamper", tmp_path / "out3", registry=env.reg)
     finally:
         extra.unlink()
-    assert N.export_db("tamper", tmp_path / "out4", registry=env.reg).is_dir()
+    assert export_db("tamper", tmp_path / "out4", registry=env.reg).is_dir()
 
 
 def test_versions_are_integers_and_unfinished_runs_invisible(env: Env) -> None:
     _, v1 = syn_db(env, "order", 2)
-    store = N.NormativeStore(env.reg)
+    store = NormativeStore(env.reg)
     client = env.reg.client
-    exp = client.get_experiment_by_name(N.EXPERIMENT_PREFIX + "order").experiment_id
+    exp = client.get_experiment_by_name(EXPERIMENT_PREFIX + "order").experiment_id
     tags = {k: v for k, v in client.get_run(v1.run_id).data.tags.items() if k != "mlflow.runName"}
 
     def run(version: int, status: str | None) -> str:
-        r = client.create_run(exp, tags=tags | {N.TAG + "version": str(version)})
+        r = client.create_run(exp, tags=tags | {TAG + "version": str(version)})
         if status:
             client.set_terminated(r.info.run_id, status)
         return r.info.run_id
@@ -499,27 +519,27 @@ def test_versions_are_integers_and_unfinished_runs_invisible(env: Env) -> None:
     assert store.resolve("order@latest").version == 10
     with pytest.raises(RegistryError, match="no version 11"):
         store.resolve("order@11")
-    N.write_synthetic_db(env.work / "order-next", 2)
-    new = N.import_db(env.work / "order-next", "order", registry=env.reg)
+    write_synthetic_db(env.work / "order-next", 2)
+    new = import_db(env.work / "order-next", "order", registry=env.reg)
     assert new.version == 12
 
 
 def test_settle_renumbers_a_collision(env: Env) -> None:
     """Two writers on a server may draw the same number: the later run takes the next one."""
     syn_db(env, "race", 2)
-    store = N.NormativeStore(env.reg)
+    store = NormativeStore(env.reg)
     client = env.reg.client
-    exp = client.get_experiment_by_name(N.EXPERIMENT_PREFIX + "race").experiment_id
-    tags = {N.TAG + "version": "2", N.KIND_TAG: N.KIND_VALUE}
+    exp = client.get_experiment_by_name(EXPERIMENT_PREFIX + "race").experiment_id
+    tags = {TAG + "version": "2", KIND_TAG: KIND_VALUE}
     first = client.create_run(exp, start_time=1000, tags=tags).info.run_id
     second = client.create_run(exp, start_time=2000, tags=tags).info.run_id
     assert store._settle(exp, first, 2) == 2
     assert store._settle(exp, second, 2) == 3
-    assert client.get_run(second).data.tags[N.TAG + "version"] == "3"
+    assert client.get_run(second).data.tags[TAG + "version"] == "3"
 
 
 def test_failed_upload_leaves_no_version(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    src = N.write_synthetic_db(env.work / "src-fail", 2)
+    src = write_synthetic_db(env.work / "src-fail", 2)
     client = env.reg.client
 
     def broken(*args: object, **kwargs: object) -> None:
@@ -527,24 +547,24 @@ def test_failed_upload_leaves_no_version(env: Env, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(client, "log_artifacts", broken)
     with pytest.raises(RegistryError, match="disk full"):
-        N.import_db(src, "fails", registry=env.reg)
+        import_db(src, "fails", registry=env.reg)
     monkeypatch.undo()
-    store = N.NormativeStore(env.reg)
+    store = NormativeStore(env.reg)
     assert store.versions("fails") == []
-    exp = client.get_experiment_by_name(N.EXPERIMENT_PREFIX + "fails").experiment_id
+    exp = client.get_experiment_by_name(EXPERIMENT_PREFIX + "fails").experiment_id
     assert [r.info.status for r in client.search_runs([exp])] == ["FAILED"]
-    assert N.import_db(src, "fails", registry=env.reg).version == 1  # the number is reused
+    assert import_db(src, "fails", registry=env.reg).version == 1  # the number is reused
 
 
 def test_concurrent_imports_get_distinct_versions(env: Env) -> None:
-    src = N.write_synthetic_db(env.work / "src-conc", 2)
+    src = write_synthetic_db(env.work / "src-conc", 2)
     results: list[int] = []
     errors: list[BaseException] = []
 
     def worker() -> None:
         try:
             reg = connect(uri=env.reg.tracking_uri, home=env.home)
-            results.append(N.import_db(src, "conc", registry=reg).version)
+            results.append(import_db(src, "conc", registry=reg).version)
         except BaseException as err:
             errors.append(err)
 
@@ -561,46 +581,46 @@ def test_concurrent_imports_get_distinct_versions(env: Env) -> None:
 
 
 @pytest.fixture(scope="module")
-def syn(env: Env) -> N.NormativeVersion:
+def syn(env: Env) -> NormativeVersion:
     return syn_db(env, "syn", 8)[1]
 
 
-def test_rescale_model_checks(env: Env, syn: N.NormativeVersion, tmp_path: Path) -> None:
+def test_rescale_model_checks(env: Env, syn: NormativeVersion, tmp_path: Path) -> None:
     uniform = dict.fromkeys(ALL_SYN_LEVELS, 0.98)
-    store = N.NormativeStore(env.reg)
+    store = NormativeStore(env.reg)
     n_before = len(store.versions("syn"))
     wrong_base = write_doc(tmp_path / "a.json", fake_result(uniform, baseline="cordseg/3"))
     with pytest.raises(InputError, match=r"baseline is cordseg/3 but syn@\d+ was made with"):
-        N.update("syn", "cordseg/2", wrong_base, registry=env.reg)
+        update("syn", "cordseg/2", wrong_base, registry=env.reg)
     wrong_cand = write_doc(tmp_path / "b.json", fake_result(uniform, candidate="cordseg/3"))
     with pytest.raises(InputError, match="candidate is cordseg/3, not --model cordseg/2"):
-        N.update("syn", "cordseg/2", wrong_cand, registry=env.reg)
+        update("syn", "cordseg/2", wrong_cand, registry=env.reg)
     anonymous = write_doc(tmp_path / "c.json", fake_result(uniform, baseline=None, candidate=None))
     with pytest.raises(InputError, match=r"does not name its candidate.*--assume-baseline"):
-        N.update("syn", "cordseg/2", anonymous, registry=env.reg)
+        update("syn", "cordseg/2", anonymous, registry=env.reg)
     with pytest.raises(InputError, match="already made with cordseg/1"):
-        N.update("syn", "cordseg/1", wrong_base, registry=env.reg)
+        update("syn", "cordseg/1", wrong_base, registry=env.reg)
     with pytest.raises(InputError, match="exactly one of"):
-        N.update("syn", "cordseg/2", registry=env.reg)
+        update("syn", "cordseg/2", registry=env.reg)
     assert len(store.versions("syn")) == n_before
     # the override is recorded
-    res = N.update("syn", "cordseg/2", wrong_base, assume_baseline=True, registry=env.reg)
-    assert res.version.tags[N.TAG + "assume_baseline"] == "true"
+    res = update("syn", "cordseg/2", wrong_base, assume_baseline=True, registry=env.reg)
+    assert res.version.tags[TAG + "assume_baseline"] == "true"
     assert any("cordseg/3" in note for note in res.notes)
     with store.opened(res.version) as (_, folder):
-        record = N.read_records(folder)["rescale"]
+        record = read_records(folder)["rescale"]
     assert record["assume_baseline"] is True
     assert "baseline is cordseg/3" in record["overrides"][0]
     # level factors: every value x 0.98 (no profile in the document)
-    s_old = N.summary(f"syn@{syn.version}", metrics=["area"], registry=env.reg)
-    s_new = N.summary(res.version.ref, metrics=["area"], registry=env.reg)
+    s_old = summary(f"syn@{syn.version}", metrics=["area"], registry=env.reg)
+    s_new = summary(res.version.ref, metrics=["area"], registry=env.reg)
     np.testing.assert_allclose(s_new["mean"], s_old["mean"] * 0.98, rtol=1e-12)
 
 
 def test_rescale_needs_every_rescaled_metric(
-    env: Env, syn: N.NormativeVersion, tmp_path: Path
+    env: Env, syn: NormativeVersion, tmp_path: Path
 ) -> None:
-    parent = N.resolve("syn", registry=env.reg)
+    parent = resolve("syn", registry=env.reg)
     doc = fake_result(
         dict.fromkeys(ALL_SYN_LEVELS, 0.98),
         metrics=("area",),
@@ -608,9 +628,9 @@ def test_rescale_needs_every_rescaled_metric(
         candidate="cordseg/3",
     )
     with pytest.raises(InputError, match="diameter_AP: the drift result has no scaling factors"):
-        N.update("syn", "cordseg/3", write_doc(tmp_path / "r.json", doc), registry=env.reg)
+        update("syn", "cordseg/3", write_doc(tmp_path / "r.json", doc), registry=env.reg)
     with pytest.raises(InputError, match="not a cordwatch drift result"):
-        N.update("syn", "cordseg/3", write_doc(tmp_path / "x.json", {"a": 1}), registry=env.reg)
+        update("syn", "cordseg/3", write_doc(tmp_path / "x.json", {"a": 1}), registry=env.reg)
 
 
 def plan_rows(levels: dict[int, list[int]], metric: str = "area") -> pd.DataFrame:
@@ -626,9 +646,9 @@ def test_rescale_plan_profile_then_level() -> None:
         "n": [30, 3, 30],
         "scaling_factor": [0.96, 0.95, 0.99],
     }
-    scaling = N.parse_scaling(doc)
-    plan = N.rescale_plan(
-        scaling, plan_rows({3: [880, 881, 882], 4: [840], 5: [820]}), N.NormativePolicy()
+    scaling = parse_scaling(doc)
+    plan = rescale_plan(
+        scaling, plan_rows({3: [880, 881, 882], 4: [840], 5: [820]}), NormativePolicy()
     )
     assert plan.lookup[("area", 3, 880)] == 0.96  # profile, 30 pairs
     assert plan.lookup[("area", 3, 881)] == 0.97  # profile has 3 < 5 pairs: level factor
@@ -636,34 +656,32 @@ def test_rescale_plan_profile_then_level() -> None:
     assert plan.lookup[("area", 4, 840)] == 0.99
     assert plan.lookup[("area", 5, 820)] is None  # C5 has no factor: emptied
     assert plan.blanked == {"area": ["C5"]}
-    by_level = N.rescale_plan(
-        scaling, plan_rows({3: [880]}), N.NormativePolicy(slice_factors="level")
-    )
+    by_level = rescale_plan(scaling, plan_rows({3: [880]}), NormativePolicy(slice_factors="level"))
     assert by_level.lookup[("area", 3, 880)] == 0.97
     with pytest.raises(InputError, match="no factor from >= 5 subjects at C5"):
-        N.rescale_plan(scaling, plan_rows({5: [820]}), N.NormativePolicy(uncovered_levels="refuse"))
+        rescale_plan(scaling, plan_rows({5: [820]}), NormativePolicy(uncovered_levels="refuse"))
 
 
 def test_rescale_plan_refusals_name_every_reason() -> None:
     doc = fake_result({"C3": 1.0, "C4": 0.97}, cov=2.5, ci_half=0.02, metrics=("area",))
     with pytest.raises(InputError) as err:
-        N.rescale_plan(N.parse_scaling(doc), plan_rows({3: [880], 4: [840]}), N.NormativePolicy())
+        rescale_plan(parse_scaling(doc), plan_rows({3: [880], 4: [840]}), NormativePolicy())
     text = str(err.value)
     assert "area C3: slice-wise CoV 2.50 % > 2.00 %" in text
     assert "area C4: 95 % CI [0.9500, 0.9900] is 4.12 % wide > 2.00 %" in text
     assert "area: level factors spread 3.05 % (C4 0.9700 .. C3 1.0000) > 2.00 %" in text
-    lenient = N.NormativePolicy(
+    lenient = NormativePolicy(
         max_slicewise_cov_pct=3, max_level_spread_pct=4, max_ci_width_pct=None
     )
-    plan = N.rescale_plan(N.parse_scaling(doc), plan_rows({3: [880], 4: [840]}), lenient)
+    plan = rescale_plan(parse_scaling(doc), plan_rows({3: [880], 4: [840]}), lenient)
     assert plan.lookup[("area", 4, 840)] == 0.97
 
 
 def test_rescale_sct_text_keeps_everything_else(tmp_path: Path) -> None:
-    src = N.write_synthetic_db(tmp_path / "db", 1)
+    src = write_synthetic_db(tmp_path / "db", 1)
     path = next((src / "spinal_cord").glob("*.csv"))
     text = path.read_text()
-    out = N.rescale_sct_text(text, lambda m, lv, s: 0.5 if lv == 3 else (None if lv == 4 else 1.0))
+    out = rescale_sct_text(text, lambda m, lv, s: 0.5 if lv == 3 else (None if lv == 4 else 1.0))
     a, b = pd.read_csv(path), pd.read_csv(io_text(out))
     c3, c4 = a["VertLevel"] == 3, a["VertLevel"] == 4
     np.testing.assert_allclose(b.loc[c3, "MEAN(area)"], a.loc[c3, "MEAN(area)"] * 0.5)
@@ -692,9 +710,9 @@ def io_text(text: str):
 
 
 def test_policy_file_is_the_builtin_default() -> None:
-    policy = N.load_normative_policy()
-    assert policy == N.NormativePolicy()
-    assert policy.source == str(N.DEFAULT_POLICY_PATH)
+    policy = load_normative_policy()
+    assert policy == NormativePolicy()
+    assert policy.source == str(DEFAULT_POLICY_PATH)
     assert len(policy.sha256) == 64
 
 
@@ -713,31 +731,31 @@ def test_policy_validation(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(text)
     with pytest.raises(InputError, match=message) as err:
-        N.load_normative_policy(path)
+        load_normative_policy(path)
     assert err.value.path == str(path)
 
 
 # --------------------------------------------------------------------- zscore, synthetic ---
 
 
-def test_zscore_model_consistency(env: Env, syn: N.NormativeVersion, tmp_path: Path) -> None:
+def test_zscore_model_consistency(env: Env, syn: NormativeVersion, tmp_path: Path) -> None:
     src = env.work / "src-syn"
     subject = next((src / "spinal_cord").glob("*.csv"))
     with pytest.raises(InputError, match="measured with cordseg/3 but syn@1 was made with"):
-        N.zscore(subject, "syn@1", model_ref="cordseg/3", registry=env.reg)
-    allowed = N.zscore(
+        zscore(subject, "syn@1", model_ref="cordseg/3", registry=env.reg)
+    allowed = zscore(
         subject, "syn@1", model_ref="cordseg/3", allow_model_mismatch=True, registry=env.reg
     )
     assert allowed.model_check == "mismatch-allowed"
     assert "two measuring instruments" in allowed.warnings[0]
-    unknown = N.zscore(subject, "syn@1", registry=env.reg)
+    unknown = zscore(subject, "syn@1", registry=env.reg)
     assert unknown.model_check == "unchecked"
     assert "cannot check" in unknown.warnings[0]
-    ok = N.zscore(subject, "syn@1", sex="F", model_ref="cordseg/1", registry=env.reg)
+    ok = zscore(subject, "syn@1", sex="F", model_ref="cordseg/1", registry=env.reg)
     assert ok.model_check == "match" and ok.warnings == []
     assert ok.n_reference == 4
     with pytest.raises(InputError, match="no subject of the database matches sex M, age >= 90"):
-        N.zscore(subject, "syn@1", sex="m", age=(90, None), model_ref="cordseg/1", registry=env.reg)
+        zscore(subject, "syn@1", sex="m", age=(90, None), model_ref="cordseg/1", registry=env.reg)
     assert set(ok.table["level_name"]) == set(ALL_SYN_LEVELS)
     doc = ok.to_dict()
     assert doc["database_model"] == "cordseg/1" and doc["filters"]["sex"] == "F"
@@ -747,7 +765,7 @@ def test_zscore_model_consistency(env: Env, syn: N.NormativeVersion, tmp_path: P
     df["Slice (I->S)"] += 200
     df.to_csv(native, index=False)
     with pytest.raises(InputError, match="not PAM50-normalised"):
-        N.zscore(native, "syn@1", model_ref="cordseg/1", registry=env.reg)
+        zscore(native, "syn@1", model_ref="cordseg/1", registry=env.reg)
 
 
 # ------------------------------------------------------------------- recompute (phantoms) ---
@@ -757,8 +775,9 @@ def test_zscore_model_consistency(env: Env, syn: N.NormativeVersion, tmp_path: P
 def test_recompute_on_phantom_cohort(env: Env, tmp_path: Path) -> None:
     """Segment a 3-subject phantom cohort with the demo model; the stored CSVs hold exactly
     the morphometrics the drift check logged for that model and cohort."""
-    from drift.check import evaluate_version
-    from drift.cohort import PhantomRecipe, ensure_root, load_cohort, write_phantom_manifest
+    from drift.cohort.evaluate import evaluate_version
+    from drift.cohort.manifest import PhantomRecipe, load_cohort, write_phantom_manifest
+    from drift.cohort.roots import ensure_root
 
     demo = Path(__file__).resolve().parents[1] / "models" / "demo" / "demo-good"
     if not (demo / "fold_0").is_dir():
@@ -768,12 +787,12 @@ def test_recompute_on_phantom_cohort(env: Env, tmp_path: Path) -> None:
         tmp_path, name="nphantom", recipe=PhantomRecipe(n_subjects=3, contrasts=("T2w",))
     )
     info = env.reg.register("cordseg-demo", demo)
-    res = N.update(
+    res = update(
         "phantom-hc", info.ref, recompute=True, cohort=manifest, device="cpu", registry=env.reg
     )
     v = res.version
     assert (v.kind, v.model, v.n_subjects, v.parent) == ("recompute", info.ref, 3, None)
-    assert v.tags[N.TAG + "cohort"] == "nphantom"
+    assert v.tags[TAG + "cohort"] == "nphantom"
     cohort = load_cohort(manifest)
     measured = evaluate_version(
         env.reg,
@@ -785,16 +804,16 @@ def test_recompute_on_phantom_cohort(env: Env, tmp_path: Path) -> None:
         progress=False,
         provenance={},
     )
-    truth = N.pam50_measurements(measured.table).set_index(["subject", "slice"])
-    with N.NormativeStore(env.reg).opened(v) as (_, folder):
+    truth = pam50_measurements(measured.table).set_index(["subject", "slice"])
+    with NormativeStore(env.reg).opened(v) as (_, folder):
         files = sorted((folder / "spinal_cord").glob("*.csv"))
         assert [f.name for f in files] == [f"sub-phantom0{i}_T2w_PAM50.csv" for i in (1, 2, 3)]
         for f in files:
             raw = read_sct_csv(f)
             assert list(raw.columns) == COLUMNS_23 and len(raw) == 945
-        data = N.load_data(folder)
+        data = load_data(folder)
         parts = pd.read_csv(folder / "participants.tsv", sep="\t")
-        record = N.read_records(folder)["recompute"]
+        record = read_records(folder)["recompute"]
     assert parts["participant_id"].tolist() == ["sub-phantom01", "sub-phantom02", "sub-phantom03"]
     assert record["cohort_manifest_sha256"] == cohort.manifest_sha256
     got = data.tidy.dropna(subset=["area"]).set_index(["subject", "slice"])

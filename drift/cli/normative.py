@@ -1,5 +1,5 @@
 """``cordwatch normative ...``: versioned normative databases (a thin shell over
-:mod:`drift.normative.core`).
+:mod:`drift.normative`).
 
     cordwatch normative import DIR --name NAME [--model NAME/VERSION]
     cordwatch normative list [--json]
@@ -29,7 +29,8 @@ from drift.cli.common import REGISTRY_HELP, command, print_json, quiet_mlflow, r
 if TYPE_CHECKING:
     import pandas as pd
 
-    from drift.normative.core import Filters, NormativeVersion
+    from drift.normative.store import NormativeVersion
+    from drift.normative.summary import Filters
 
 normative_app = typer.Typer(
     help="Versioned normative databases (SCT's PAM50 layout) linked to the model that made them.",
@@ -77,7 +78,7 @@ _VENDOR = typer.Option(
 
 
 def _filters(sex: str | None, age: str | None, vendor: str | None) -> Filters:
-    from drift.normative.core import Filters, parse_age_range
+    from drift.normative.summary import Filters, parse_age_range
     from registry.errors import InputError
 
     if sex is not None and sex.strip().upper() not in ("M", "F"):
@@ -111,7 +112,7 @@ def _version_lines(v: NormativeVersion) -> list[str]:
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    from drift.normative.core import jsonable
+    from drift.normative.store import jsonable
 
     return list(jsonable(df.to_dict("records")))
 
@@ -119,7 +120,7 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 def _summary_table(table: pd.DataFrame, title: str) -> Any:
     from rich.table import Table
 
-    from drift.normative.core import PERCENTILES
+    from drift.normative.summary import PERCENTILES
 
     out = Table(title=title, title_justify="left")
     for col in ("metric", "level", "n", "mean", "SD", *(f"p{q:g}" for q in PERCENTILES)):
@@ -162,7 +163,7 @@ def import_(
     Every CSV is validated; the files are stored byte for byte with a sha256 manifest. Prints
     the new version number on the last line.
     """
-    from drift.normative.core import import_db
+    from drift.normative.store import import_db
 
     v = import_db(directory, name, model, registry=registry_from(ctx))
     typer.echo(
@@ -185,7 +186,7 @@ def list_(ctx: typer.Context, json_out: bool = _JSON) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from drift.normative.core import list_databases
+    from drift.normative.store import list_databases
 
     versions = list_databases(registry=registry_from(ctx))
     if json_out:
@@ -223,7 +224,7 @@ def show(
     """One version: metadata, how it was made and its per-level summary."""
     from rich.console import Console
 
-    from drift.normative.core import show as show_version
+    from drift.normative.summary import show as show_version
 
     info = show_version(ref, registry=registry_from(ctx))
     v: NormativeVersion = info["version"]
@@ -299,8 +300,9 @@ def summary(
     """Per-level mean, SD and percentiles of the subjects' level means, filtered."""
     from rich.console import Console
 
-    from drift.normative.core import SUMMARY_METRICS, resolve
-    from drift.normative.core import summary as summarise
+    from drift.normative.store import resolve
+    from drift.normative.summary import SUMMARY_METRICS
+    from drift.normative.summary import summary as summarise
 
     reg = registry_from(ctx)
     filters = _filters(sex, age, vendor)
@@ -396,7 +398,7 @@ def update(
     --recompute segments a cohort with --model. Prints the new version number on the last
     line.
     """
-    from drift.normative.core import update as do_update
+    from drift.normative.update import update as do_update
 
     result = do_update(
         name,
@@ -440,9 +442,12 @@ def export(
     spinal_cord/*.csv and participants.tsv exactly as stored, plus PROVENANCE.md and
     cordwatch/ (manifest, version record, rescale records).
     """
-    from drift.normative.core import export_db
+    from drift.normative.store import export_db
+    from registry.fsutil import refuse_outputs_onto_inputs
 
-    out = export_db(ref, directory, registry=registry_from(ctx))
+    reg = registry_from(ctx)
+    refuse_outputs_onto_inputs({"DIR": directory}, [reg.settings.cache_dir], folders=["DIR"])
+    out = export_db(ref, directory, registry=reg)
     typer.echo(str(out))
 
 
@@ -482,7 +487,7 @@ def zscore(
     from rich.console import Console
     from rich.table import Table
 
-    from drift.normative.core import zscore as compute
+    from drift.normative.summary import zscore as compute
 
     filters = _filters(sex, age, vendor)
     result = compute(
