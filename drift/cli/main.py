@@ -17,6 +17,7 @@ from drift.cli.drift import drift_app
 from drift.cli.models import models_app
 from drift.cli.morphometry import morphometry
 from drift.cli.normative import normative_app
+from drift.cli.serve import serve
 from registry.errors import GateFailed
 
 app = typer.Typer(
@@ -48,6 +49,7 @@ def main(
 
 
 app.command("morphometry")(morphometry)
+app.command("serve")(serve)
 
 
 @app.command("demo")
