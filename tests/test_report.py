@@ -1,4 +1,4 @@
-"""drift.report: self-contained HTML, Markdown summary, figures, numeric version order."""
+"""drift.gate.report: self-contained HTML, Markdown summary, figures, numeric version order."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from matplotlib import image as mpimg
 
-from drift import report
-from drift.policy import DriftResult, drift_result
+from drift.gate import report
+from drift.gate.policy import DriftResult, drift_result
 from registry.errors import InputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -77,9 +77,10 @@ def test_history_figure_puts_v10_after_v2() -> None:
     fig = report.figure_history(HISTORY)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["v1", "v2", "v9", "v10"]
-    # The C3 line visits the versions in that order: 73, 72, 71, 70.
+    # The C3 line visits the versions in that order: 73, 72, 71, 70, on a numeric version
+    # axis (issue 13: x is the version number, not the rank).
     c3 = next(line for line in ax.get_lines() if line.get_label() == "C3")
-    assert list(c3.get_xdata()) == [0, 1, 2, 3]
+    assert list(c3.get_xdata()) == [1, 2, 9, 10]
     assert list(c3.get_ydata()) == [73.0, 72.0, 71.0, 70.0]
 
 

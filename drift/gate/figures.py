@@ -1,0 +1,427 @@
+"""The drift report's figures (matplotlib object API on an Agg canvas: no pyplot state, no
+display needed; fixed margins instead of the constrained-layout solver; one artist per
+series, no per-point loops; legends outside the data).
+
+Scaling factor per level with CIs and margin bands; scaling factor along the slice (PAM50)
+axis with level boundaries; Bland-Altman per gated level; the metric per level per contrast
+for both versions; the per-level mean across every evaluated version on a numeric version
+axis. Each function returns a ``Figure``; :func:`figure_png` encodes one.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from drift.gate.compare import METRIC_UNITS, level_means
+from drift.gate.policy import DriftResult
+from drift.measure.levels import level_name, level_number
+from registry.errors import InputError
+
+STATUS_COLOUR = {"pass": "#2e7d32", "warn": "#ef6c00", "fail": "#c62828", None: "#9e9e9e"}
+VERSION_COLOUR = {"baseline": "#1f77b4", "candidate": "#d62728"}
+DPI = 90
+#: Relative differences below this are floating-point noise, not drift.
+FP_RTOL = 1e-9
+
+
+def _label(metric: str) -> str:
+    unit = METRIC_UNITS.get(metric, "")
+    return f"{metric} ({unit})" if unit else f"{metric} (unitless)"
+
+
+# --------------------------------------------------------------------------------------------
+# History of versions
+# --------------------------------------------------------------------------------------------
+
+
+def _version_number(v: Any) -> int:
+    if isinstance(v, bool):
+        raise InputError(f"history table: version {v!r} is not a version number")
+    if isinstance(v, int | np.integer):
+        return int(v)
+    if isinstance(v, float | np.floating) and float(v).is_integer():
+        return int(v)
+    m = re.fullmatch(r"\s*v?(\d+)\s*", str(v), flags=re.IGNORECASE)
+    if not m:
+        raise InputError(f"history table: version {v!r} is not a version number (e.g. 3 or v3)")
+    return int(m.group(1))
+
+
+def history_order(history: pd.DataFrame, metric: str = "area") -> pd.DataFrame:
+    """The history table sorted by version *number* (v2 before v10; never as text).
+
+    Input columns: ``version`` (int, or text such as ``v10`` / ``10``), ``level`` (SCT number
+    or name) and ``metric`` (the mean per level). Returns ``version`` (as given, as text),
+    ``version_number``, ``level`` (int), ``level_name``, ``value``.
+
+    >>> h = pd.DataFrame({"version": ["v10", "v2", "v9"], "level": [3, 3, "C3"],
+    ...                   "area": [70.0, 72.0, 71.0]})
+    >>> history_order(h)["version"].tolist()
+    ['v2', 'v9', 'v10']
+    """
+    missing = [c for c in ("version", "level", metric) if c not in history.columns]
+    if missing:
+        raise InputError(f"history table: missing column(s) {missing}")
+    out = pd.DataFrame(
+        {
+            "version": history["version"].astype(str).to_numpy(),
+            "version_number": [_version_number(v) for v in history["version"]],
+            "level": [
+                int(v) if not isinstance(v, str) else level_number(v) for v in history["level"]
+            ],
+            "value": pd.to_numeric(history[metric], errors="coerce").to_numpy(dtype=float),
+        }
+    )
+    out["level_name"] = out["level"].map(level_name)
+    out = out.sort_values(["version_number", "level"], kind="stable").reset_index(drop=True)
+    return out[["version", "version_number", "level", "level_name", "value"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float, **margins: float) -> Figure:
+    """A figure on an Agg canvas with fixed margins in inches (``left``, ``right``, ``top``,
+    ``bottom``; ``wspace``/``hspace`` as fractions): no layout solver at draw time."""
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    m = {"left": 0.75, "right": 0.2, "top": 0.45, "bottom": 0.55} | margins
+    fig.subplots_adjust(
+        left=m["left"] / width,
+        right=1 - m["right"] / width,
+        top=1 - m["top"] / height,
+        bottom=m["bottom"] / height,
+        wspace=m.get("wspace", 0.25),
+        hspace=m.get("hspace", 0.35),
+    )
+    return fig
+
+
+def _margins(result: DriftResult, metric: str) -> tuple[float | None, float | None]:
+    m = result.policy.metrics.get(metric)
+    return (None, None) if m is None else (m.fail_pct, m.warn_pct)
+
+
+def _margin_text(fail: float | None, warn: float | None) -> str:
+    if fail is None:
+        return "not gated"
+    return f"fail ±{fail:g} %" + (f", warn ±{warn:g} %" if warn else "")
+
+
+def _bands(ax: Any, fail: float | None, warn: float | None) -> None:
+    """Shade the margin bands around 1: green within ±warn, amber to ±fail."""
+    if fail is not None:
+        ax.axhspan(1 - fail / 100, 1 + fail / 100, color="#ffe0b2", zorder=0, lw=0)
+        ax.axhline(1 - fail / 100, color="#c62828", lw=0.8, ls="--", zorder=1)
+        ax.axhline(1 + fail / 100, color="#c62828", lw=0.8, ls="--", zorder=1)
+    if warn is not None:
+        ax.axhspan(1 - warn / 100, 1 + warn / 100, color="#c8e6c9", zorder=0, lw=0)
+    ax.axhline(1.0, color="black", lw=0.6, zorder=1)
+
+
+def _legend_handles(entries: Sequence[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """Proxy artists for a figure legend: ("label", {"kind": "line"|"patch"|"marker", ...})."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    out: list[Any] = []
+    for label, spec in entries:
+        kind = spec.pop("kind")
+        if kind == "patch":
+            out.append(Patch(label=label, **spec))
+        elif kind == "marker":
+            out.append(Line2D([], [], ls="none", marker="o", label=label, **spec))
+        else:
+            out.append(Line2D([], [], label=label, **spec))
+    return out
+
+
+def figure_scaling_levels(result: DriftResult) -> Figure:
+    """Scaling factor (unitless: candidate / baseline) per level and metric with its 95 % CI,
+    coloured by gate status, over the policy's margin bands (green ±warn, amber ±fail, dashed
+    red the fail limits). The legend sits below the panels, over no data."""
+    comp = result.comparison
+    metrics = comp.metrics
+    width = 3.3 * len(metrics) + 0.9
+    fig = _figure(width, 3.5, left=1.0, bottom=1.15, top=0.35, wspace=0.3)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    seen: set[str | None] = set()
+    for ax, metric in zip(axes, metrics, strict=True):
+        lv = comp.levels[(comp.levels["metric"] == metric) & (comp.levels["n_subjects"] > 0)]
+        x = np.arange(len(lv))
+        sf = lv["scaling_factor"].to_numpy(float)
+        lo, hi = lv["ci95_low"].to_numpy(float), lv["ci95_high"].to_numpy(float)
+        status = np.array(
+            [result.gate.status_of(metric, n) or "none" for n in lv["level_name"]], dtype=object
+        )
+        fail, warn = _margins(result, metric)
+        _bands(ax, fail, warn)
+        for st in ("pass", "warn", "fail", "none"):
+            mask = status == st
+            if mask.any():
+                seen.add(None if st == "none" else st)
+                ax.errorbar(
+                    x[mask],
+                    sf[mask],
+                    yerr=[sf[mask] - lo[mask], hi[mask] - sf[mask]],
+                    fmt="o",
+                    color=STATUS_COLOUR[None if st == "none" else st],
+                    ms=5,
+                    capsize=3,
+                    zorder=3,
+                )
+        ax.set_xticks(x, lv["level_name"].tolist())
+        ax.set_title(f"{metric}: {_margin_text(fail, warn)}", fontsize=10)
+        ax.set_xlabel("vertebral level")
+        span = (fail or 1) / 100 * 1.5
+        ymin = np.nanmin(np.r_[lo, 1 - span]) if lo.size else 1 - span
+        ymax = np.nanmax(np.r_[hi, 1 + span]) if hi.size else 1 + span
+        pad = 0.1 * (ymax - ymin)
+        ax.set_ylim(ymin - pad, ymax + pad)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("scaling factor (unitless)\ncandidate / baseline, 95 % CI")
+    entries: list[tuple[str, dict[str, Any]]] = [
+        (st or "not gated", {"kind": "marker", "color": STATUS_COLOUR[st]})
+        for st in ("pass", "warn", "fail", None)
+        if st in seen
+    ]
+    entries += [
+        ("within ±warn margin", {"kind": "patch", "color": "#c8e6c9"}),
+        ("warn to fail margin", {"kind": "patch", "color": "#ffe0b2"}),
+        ("fail margin", {"kind": "line", "color": "#c62828", "ls": "--", "lw": 0.8}),
+    ]
+    fig.legend(
+        handles=_legend_handles(entries), loc="lower center", ncols=4, fontsize=8, frameon=False
+    )
+    return fig
+
+
+def figure_slice_profile(result: DriftResult) -> Figure:
+    """Scaling factor (unitless) along the slice axis (PAM50 when normalised; rostral on the
+    left): geometric mean over subjects per slice, the 2.5-97.5 % spread across subjects, the
+    fail margins, and the level boundaries. The legend sits above the panels, over no data."""
+    comp = result.comparison
+    metrics = comp.metrics
+    height = 1.9 * len(metrics) + 1.2
+    fig = _figure(9.0, height, top=0.75, bottom=0.6, left=0.8, hspace=0.25)
+    axes = fig.subplots(len(metrics), 1, squeeze=False, sharex=True)[:, 0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        prof = comp.slice_profile[comp.slice_profile["metric"] == metric].sort_values("slice")
+        # Slices seen in too few subjects are noise, not a profile.
+        prof = prof[prof["n"] >= result.policy.min_subjects]
+        fail, _ = _margins(result, metric)
+        if fail is not None:
+            ax.axhline(1 - fail / 100, color="#c62828", lw=0.8, ls="--")
+            ax.axhline(1 + fail / 100, color="#c62828", lw=0.8, ls="--")
+        ax.axhline(1.0, color="black", lw=0.6)
+        ax.set_ylabel(f"{metric}\nscaling factor (unitless)", fontsize=9)
+        if prof.empty:
+            ax.text(0.5, 0.5, "no slice-wise data", ha="center", transform=ax.transAxes)
+            continue
+        s = prof["slice"].to_numpy()
+        ax.fill_between(s, prof["q025"], prof["q975"], color="#90caf9", alpha=0.6, lw=0)
+        ax.plot(s, prof["scaling_factor"], color="#0d47a1", lw=1.2)
+        lev = prof["level"].to_numpy()
+        change = np.flatnonzero(np.diff(lev) != 0)
+        ax.vlines(
+            (s[change] + s[change + 1]) / 2,
+            0,
+            1,
+            transform=ax.get_xaxis_transform(),
+            color="grey",
+            lw=0.6,
+            ls=":",
+        )
+        starts, ends = np.r_[0, change + 1], np.r_[change, len(s) - 1]
+        for a, b in zip(starts, ends, strict=True):
+            ax.text(
+                (s[a] + s[b]) / 2,
+                1.0,
+                level_name(int(lev[a])),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                transform=ax.get_xaxis_transform(),
+            )
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].set_xlabel(
+        f"slice (PAM50 index when normalised; rostral on the left; slices with at least "
+        f"{result.policy.min_subjects} subjects)"
+    )
+    axes[-1].invert_xaxis()
+    entries = [
+        ("geometric mean over subjects", {"kind": "line", "color": "#0d47a1", "lw": 1.2}),
+        ("2.5-97.5 % of subjects", {"kind": "patch", "color": "#90caf9", "alpha": 0.6}),
+        ("fail margin", {"kind": "line", "color": "#c62828", "ls": "--", "lw": 0.8}),
+        ("level boundary", {"kind": "line", "color": "grey", "ls": ":", "lw": 0.6}),
+    ]
+    fig.legend(
+        handles=_legend_handles(entries), loc="upper center", ncols=4, fontsize=8, frameon=False
+    )
+    return fig
+
+
+def figure_bland_altman(result: DriftResult, metric: str = "area") -> Figure:
+    """Bland-Altman per gated level: difference (candidate - baseline) against the mean of the
+    subject level values, with the bias, the 95 % limits of agreement and, shaded, the fail
+    margin in the metric's units. One y scale for all panels; never narrower than half the
+    fail margin, so floating-point noise (|difference| < 1e-9 of the value) reads as zero."""
+    comp = result.comparison
+    lv = comp.levels[(comp.levels["metric"] == metric) & (comp.levels["n_subjects"] >= 2)]
+    gated = [result.gate.status_of(metric, name) is not None for name in lv["level_name"]]
+    if any(gated):  # the gated levels; every level with pairs when none is gated
+        lv = lv[gated]
+    n = max(len(lv), 1)
+    cols = min(n, 4)
+    rows = int(np.ceil(n / cols))
+    fig = _figure(
+        2.6 * cols + 0.9, 2.3 * rows + 0.9, left=0.9, bottom=0.65, top=0.5, wspace=0.3, hspace=0.5
+    )
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+    subj = comp.subjects[comp.subjects["metric"] == metric]
+    fail, _ = _margins(result, metric)
+    unit = METRIC_UNITS.get(metric, "")
+    extent = 0.0
+    for ax, row in zip(axes, lv.itertuples(), strict=False):
+        s = subj[subj["level"] == row.level]
+        b, c = s["baseline"].to_numpy(float), s["candidate"].to_numpy(float)
+        mean = (b + c) / 2
+        diff = c - b
+        diff = np.where(np.abs(diff) <= FP_RTOL * np.abs(mean), 0.0, diff)
+        ax.scatter(mean, diff, s=10, alpha=0.7, color="#1f77b4", lw=0)
+        bias = float(np.mean(diff)) if diff.size else 0.0
+        loas = [row.ba_loa_low, row.ba_loa_high]
+        if not np.any(diff):
+            bias, loas = 0.0, [0.0, 0.0]
+        if fail is not None and mean.size:
+            band = fail / 100 * float(np.mean(mean))
+            ax.axhspan(-band, band, color="#ffe0b2", lw=0, zorder=0)
+            extent = max(extent, band * 0.5)
+        ax.axhline(bias, color="#c62828", lw=1)
+        ax.hlines(loas, 0, 1, transform=ax.get_yaxis_transform(), color="#c62828", lw=0.8, ls="--")
+        ax.axhline(0, color="black", lw=0.5)
+        finite = np.abs(np.r_[diff, loas][np.isfinite(np.r_[diff, loas])])
+        extent = max(extent, float(finite.max()) if finite.size else 0.0)
+        pct = 0.0 if bias == 0 else row.ba_bias_pct
+        ax.set_title(f"{row.level_name}: bias {bias:+.3g} {unit} ({pct:+.2f} %)", fontsize=9)
+        ax.tick_params(labelsize=8)
+    if extent > 0:
+        axes[0].set_ylim(-1.15 * extent, 1.15 * extent)
+    for ax in axes[len(lv) :]:
+        ax.set_axis_off()
+    fig.supxlabel(f"mean of baseline and candidate {_label(metric)}", fontsize=9)
+    fig.supylabel(f"candidate - baseline ({unit or 'unitless'})", fontsize=9)
+    fig.suptitle(
+        f"red: bias and 95 % limits of agreement; amber: ±fail margin in {unit or 'metric units'}",
+        fontsize=9,
+    )
+    return fig
+
+
+def figure_by_contrast(
+    baseline_table: pd.DataFrame,
+    candidate_table: pd.DataFrame,
+    metric: str = "area",
+    *,
+    min_subjects: int = 3,
+) -> Figure:
+    """The metric per level per contrast for both versions, one panel per contrast (levels
+    where the baseline has at least ``min_subjects`` subjects): the median of the subjects'
+    level means (dot), their interquartile range (thick bar) and range (thin bar), baseline
+    and candidate side by side."""
+    means = {
+        "baseline": level_means(baseline_table, [metric]),
+        "candidate": level_means(candidate_table, [metric]),
+    }
+    contrasts = sorted(set(means["baseline"]["contrast"]) | set(means["candidate"]["contrast"]))
+    n = max(len(contrasts), 1)
+    fig = _figure(min(3.6 * n + 0.9, 14), 3.2, left=0.9, bottom=0.75, top=0.35, wspace=0.08)
+    axes = fig.subplots(1, n, squeeze=False, sharey=True)[0]
+    for ax, contrast in zip(axes, contrasts, strict=False):
+        b = means["baseline"]
+        b = b[(b["contrast"] == contrast) & np.isfinite(b[metric])]
+        counts = b.groupby("level")["subject"].nunique()
+        levels = sorted(int(v) for v in counts.index[counts >= min_subjects])
+        pos = {lev: i for i, lev in enumerate(levels)}
+        for k, version in enumerate(("baseline", "candidate")):
+            m = means[version]
+            m = m[(m["contrast"] == contrast) & np.isfinite(m[metric]) & m["level"].isin(levels)]
+            if m.empty:
+                continue
+            q = m.groupby("level")[metric].quantile([0.0, 0.25, 0.5, 0.75, 1.0]).unstack()
+            x = np.array([pos[int(lev)] for lev in q.index]) + (k - 0.5) * 0.3
+            colour = VERSION_COLOUR[version]
+            ax.vlines(x, q[0.0], q[1.0], color=colour, lw=1)
+            ax.vlines(x, q[0.25], q[0.75], color=colour, lw=5, alpha=0.6)
+            ax.plot(x, q[0.5], "o", color="black", ms=3, ls="none")
+        ax.set_xticks(np.arange(len(levels)), [level_name(lev) for lev in levels], fontsize=8)
+        ax.set_title(contrast, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(_label(metric) + "\nsubject level means")
+    entries = [
+        (v, {"kind": "line", "color": c, "lw": 5, "alpha": 0.6}) for v, c in VERSION_COLOUR.items()
+    ]
+    entries.append(
+        ("median (dot), IQR (thick), range (thin)", {"kind": "marker", "color": "black", "ms": 3})
+    )
+    fig.legend(
+        handles=_legend_handles(entries), loc="lower center", ncols=3, fontsize=8, frameon=False
+    )
+    return fig
+
+
+def figure_history(
+    history: pd.DataFrame,
+    metric: str = "area",
+    *,
+    highlight: Mapping[str, int] | None = None,
+) -> Figure:
+    """Per-level cohort mean of ``metric`` across every evaluated version, on a numeric
+    version axis (v2 before v10, gaps where versions were not evaluated); ``highlight``
+    (e.g. ``{"baseline": 2, "candidate": 4}``) marks versions with labelled vertical lines."""
+    h = history_order(history, metric)
+    numbers = sorted(set(h["version_number"]))
+    fig = _figure(
+        max(5.5, 0.45 * (numbers[-1] - numbers[0]) + 4.5) if numbers else 5.5,
+        3.4,
+        right=1.3,
+        top=0.35,
+        bottom=0.6,
+        left=0.9,
+    )
+    ax = fig.subplots()
+    for lev, grp in h.groupby("level", sort=True):
+        ax.plot(grp["version_number"], grp["value"], "o-", ms=4, lw=1.2, label=level_name(int(lev)))
+    for role, version in (highlight or {}).items():
+        ax.axvline(
+            version,
+            color=VERSION_COLOUR.get(role, "grey"),
+            lw=1,
+            ls="--",
+            label=f"{role} v{version}",
+        )
+    ax.set_xticks(numbers, [f"v{v}" for v in numbers])
+    if numbers:
+        ax.set_xlim(numbers[0] - 0.5, numbers[-1] + 0.5)
+    ax.set_xlabel("model version (registry number)")
+    ax.set_ylabel(_label(metric) + ", cohort mean")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="center right", fontsize=8, title="level", title_fontsize=8, frameon=False)
+    return fig
+
+
+def figure_png(fig: Figure) -> bytes:
+    """PNG bytes of a figure (Agg)."""
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf, metadata={"Software": None})
+    return buf.getvalue()
