@@ -6,13 +6,16 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
+from typer.exceptions import TyperException
 
-from registry.errors import CordwatchError
+from registry.errors import CordwatchError, redact
 
 if TYPE_CHECKING:
     from registry.api import Registry
@@ -23,22 +26,84 @@ F = TypeVar("F", bound=Callable[..., Any])
 SETTINGS: dict[str, bool] = {"traceback": False}
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (raised in the main thread by :func:`command`'s handler)."""
+
+
+#: Exit codes of the two signals a user or a CI runner sends (128 + signal number).
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+#: An unexpected error's message is cut to this length (one readable line).
+MAX_MESSAGE = 300
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def one_line(text: object) -> str:
+    """A message as one line of at most :data:`MAX_MESSAGE` characters, credentials redacted.
+
+    >>> one_line("a\\nb  c")
+    'a b c'
+    """
+    flat = " ".join(str(text).split())
+    flat = redact(flat)
+    return flat if len(flat) <= MAX_MESSAGE else flat[: MAX_MESSAGE - 3] + "..."
+
+
+def _unexpected(err: BaseException) -> str:
+    if isinstance(err, MemoryError):
+        return "out of memory (the input is larger than this machine can hold)"
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        why = err.strerror or str(err) or type(err).__name__
+        return f"{where}{why}"
+    detail = str(err)
+    return f"unexpected {type(err).__name__}" + (f": {detail}" if detail else "")
+
+
 def command(fn: F) -> F:
-    """Wrap a CLI command: CordwatchError -> ``cordwatch: error: <file>: <problem>`` + exit code."""
+    """Wrap a CLI command: the one error boundary of cordwatch.
+
+    CordwatchError -> ``cordwatch: error: <file>: <problem>`` and its exit code (1 only for
+    GateFailed); any other exception (OSError, MemoryError, a bug) -> one line and exit 2,
+    never a traceback and never 1; Ctrl-C -> 130, SIGTERM -> 143. ``cordwatch --traceback``
+    re-raises instead.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, TyperException):  # typer's own exits and usage errors
+            raise
         except CordwatchError as err:
             if SETTINGS["traceback"]:
                 raise
-            typer.echo(f"cordwatch: error: {err}", err=True)
+            typer.echo(f"cordwatch: error: {one_line(err)}", err=True)
             raise typer.Exit(err.exit_code) from err
         except KeyboardInterrupt:
             typer.echo("cordwatch: interrupted", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_SIGINT) from None
+        except Terminated:
+            typer.echo("cordwatch: terminated", err=True)
+            raise typer.Exit(EXIT_SIGTERM) from None
+        except Exception as err:  # the boundary: everything else is exit 2, not a traceback
+            if SETTINGS["traceback"]:
+                raise
+            typer.echo(
+                f"cordwatch: error: {one_line(_unexpected(err))} (--traceback shows where)",
+                err=True,
+            )
+            raise typer.Exit(2) from err
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
+    wrapper.__cordwatch_command__ = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 

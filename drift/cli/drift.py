@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from drift.cli.common import REGISTRY_HELP, command, quiet_mlflow
+from drift.cohort.engine import SCHEDULER_HELP
 from drift.gate.tables import files_sha256, read_csv_dir
 from drift.provenance import base_provenance
 from registry.errors import GateFailed, InputError
+from registry.fsutil import refuse_outputs_onto_inputs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -129,12 +131,12 @@ def emit_result(
             history=history,
         )
     written: dict[str, Path] = {}
-    if json_out is not None:
-        written["json"] = report.write_json(result, json_out)
     if rendered is not None and report_dir is not None:
         reported = report.write_rendered(rendered, report_dir)
         written.update({k: v for k, v in reported.items() if k != "json"})
         written["report_json"] = reported["json"]
+    if json_out is not None:  # the result file CI reads comes last, after the report
+        written["json"] = report.write_json(result, json_out)
     if console is not None:
         for key in ("json", "html", "markdown"):
             if key in written:
@@ -193,6 +195,11 @@ def compare(
 
     from drift.gate.policy import drift_result, load_policy
 
+    refuse_outputs_onto_inputs(
+        {"--json": json_out, "--report": report_dir},
+        [baseline_dir, candidate_dir, policy],
+        folders=["--report"],
+    )
     console = Console()
     pol = load_policy(policy)
     baseline, b_files = read_csv_dir(baseline_dir, "baseline")
@@ -223,6 +230,17 @@ def compare(
         console=console,
     )
     raise_on_fail(result)
+
+
+def _cache_dir(registry: str | None) -> Path | None:
+    """The package and segmentation cache of the registry (an input of every check)."""
+    from registry.errors import RegistryError
+    from registry.settings import resolve_settings
+
+    try:
+        return resolve_settings(registry).cache_dir
+    except RegistryError:  # a bad URI is reported by the check itself
+        return None
 
 
 @drift_app.command("check")
@@ -267,6 +285,9 @@ def check(
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Show a progress bar during inference."
     ),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", metavar="local[:N]|tcp://HOST:PORT", help=SCHEDULER_HELP
+    ),
 ) -> None:
     """Run both versions on the frozen cohort, compare their morphometry, gate and record.
 
@@ -277,19 +298,33 @@ def check(
 
     from drift.gate.check import record_verdict, run_check
 
+    refuse_outputs_onto_inputs(
+        {"--json": json_out, "--report": report_dir},
+        [policy, root, cohort if Path(cohort).exists() else None, _cache_dir(registry)],
+        folders=["--report"],
+    )
+    from drift.cohort.engine import open_engine
+
     quiet_mlflow()
     console = Console()
-    chk = run_check(
-        candidate,
-        baseline,
-        cohort,
-        root=root,
-        policy_path=policy,
-        device=device,
-        registry_uri=registry,
-        progress=progress,
-        on_stage=lambda msg: console.print(f"[dim]{msg}[/]"),
-    )
+
+    def say(msg: str) -> None:
+        console.print(f"[dim]{msg}[/]", soft_wrap=True)
+
+    # A cluster started here is stopped before any output is written (also on Ctrl-C).
+    with open_engine(scheduler, say=say, device=device) as engine:
+        chk = run_check(
+            candidate,
+            baseline,
+            cohort,
+            root=root,
+            policy_path=policy,
+            device=device,
+            registry_uri=registry,
+            progress=progress,
+            on_stage=say,
+            engine=engine if engine.distributed else None,
+        )
     for role, failures in chk.failures.items():
         for f in failures:
             console.print(f"[yellow]{role}: {f['subject']} {f['contrast']}: {f['error']}[/]")

@@ -1,7 +1,8 @@
 """``cordwatch models ...``: the model registry on the command line (a thin shell over
 :mod:`registry.api`).
 
-    cordwatch models register NAME PATH... [--alias A] [--tag K=V ...] [--description TEXT] [--json]
+    cordwatch models register NAME PATH|URL... [--sha256 HEX] [--alias A] [--tag K=V ...]
+                              [--description TEXT] [--json]
     cordwatch models list [NAME] [--json]
     cordwatch models show NAME@ALIAS|NAME/VERSION [--json]
     cordwatch models pull NAME@ALIAS|NAME/VERSION [-o DIR] [--refresh]
@@ -72,10 +73,19 @@ def register(
     name: str = typer.Argument(
         ..., metavar="NAME", help="Registered model name (letters, digits, . _ + -)."
     ),
-    paths: list[Path] = typer.Argument(
+    paths: list[str] = typer.Argument(
         ...,
-        metavar="PATH",
-        help="An nnU-Net v2 results folder, or a release zip of one, or one zip per fold.",
+        metavar="PATH|URL",
+        help="An nnU-Net v2 results folder (plain, SCT release layout or external segmenter), "
+        "a release zip of one, one zip per fold, or the https:// URL of a release zip "
+        "(with --sha256).",
+    ),
+    sha256: list[str] = typer.Option(
+        [],
+        "--sha256",
+        metavar="HEX",
+        help="sha256 of the zip at each URL, in order (required for URLs): checked before "
+        "anything is unpacked.",
     ),
     alias: str | None = typer.Option(
         None, "--alias", help="Point this alias (e.g. candidate) at the new version."
@@ -93,9 +103,34 @@ def register(
     json_out: bool = _JSON,
 ) -> None:
     """Register a model package as a new version; print its version number."""
-    info = registry_from(ctx).register(
-        name, paths, tags=_parse_tags(tag), alias=alias, description=description
-    )
+    import tempfile
+
+    from registry.download import download, is_url
+    from registry.errors import InputError
+
+    tags = _parse_tags(tag)
+    urls = [p for p in paths if is_url(p)]
+    if sha256 and not urls:
+        raise InputError("--sha256 applies to URL sources only", "--sha256")
+    if len(sha256) != len(urls):
+        raise InputError(
+            f"--sha256 given {len(sha256)} time(s) for {len(urls)} URL(s): one per URL, in order",
+            "--sha256",
+        )
+    reg = registry_from(ctx)
+    with tempfile.TemporaryDirectory(prefix="cordwatch-download-") as tmp:
+        sources: list[str | Path] = []
+        hashes = iter(sha256)
+        for i, item in enumerate(paths):
+            if is_url(item):
+                folder = Path(tmp) / str(i)
+                folder.mkdir()
+                sources.append(download(item, next(hashes), folder).path)
+            else:
+                sources.append(Path(item))
+        if len(urls) == 1 and "source_url" not in tags:
+            tags["source_url"] = urls[0]
+        info = reg.register(name, sources, tags=tags, alias=alias, description=description)
     if json_out:
         print_json({"name": info.name, "version": info.version, "sha256": info.sha256})
     else:
@@ -173,9 +208,12 @@ def show(
     json_out: bool = _JSON,
 ) -> None:
     """Show one version: metadata, tags, aliases and the file manifest."""
+    from registry.package import package_summary
+
     info = registry_from(ctx).resolve(ref, manifest=True)
+    package = package_summary(info.tags)
     if json_out:
-        print_json(info.to_dict())
+        print_json(info.to_dict() | {"package": package})
         return
     lines = [
         f"{info.ref}",
@@ -185,6 +223,20 @@ def show(
         f"  description: {info.description or '-'}",
         f"  run:         {info.run_id}",
         f"  source:      {info.source}",
+        f"  format:      {package['format']}",
+        *(
+            [f"  orientation: {package['image_orientation']}"]
+            if "image_orientation" in package
+            else []
+        ),
+        *(
+            [
+                "  crop_metadata.json (mm): "
+                + ", ".join(f"{k}={v:g}" for k, v in package["crop_metadata"].items())
+            ]
+            if "crop_metadata" in package
+            else []
+        ),
         "  tags:",
         *(f"    {k} = {v}" for k, v in sorted(info.tags.items())),
     ]
@@ -207,7 +259,11 @@ def pull(
     ),
 ) -> None:
     """Fetch a version's package (verified against its sha256 manifest); print its folder."""
-    typer.echo(str(registry_from(ctx).pull(ref, output, refresh=refresh)))
+    from registry.fsutil import refuse_outputs_onto_inputs
+
+    reg = registry_from(ctx)
+    refuse_outputs_onto_inputs({"--output": output}, [reg.settings.cache_dir], folders=["--output"])
+    typer.echo(str(reg.pull(ref, output, refresh=refresh)))
 
 
 @models_app.command("promote")

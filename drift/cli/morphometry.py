@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 
 from drift import __version__
 from drift.cli.common import command
+from drift.cohort.engine import SCHEDULER_HELP
 from registry.errors import InputError
+from registry.fsutil import refuse_outputs_onto_inputs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -88,7 +90,9 @@ def morphometry_table(
 
 @command
 def morphometry(
-    seg: Path = typer.Argument(..., help="Cord segmentation (NIfTI, binary or soft in [0, 1])."),
+    seg: Path | None = typer.Argument(
+        None, help="Cord segmentation (NIfTI, binary or soft in [0, 1]); none with --batch."
+    ),
     vertfile: Path | None = typer.Option(
         None, "--vertfile", help="Labelled segmentation: voxel value = vertebral level (3 = C3)."
     ),
@@ -109,10 +113,33 @@ def morphometry(
     output: Path | None = typer.Option(
         None, "-o", "--output", help="Write the CSV here (SCT columns); default: print a table."
     ),
+    batch: Path | None = typer.Option(
+        None,
+        "--batch",
+        metavar="TABLE.tsv",
+        help="Measure every row of TABLE (columns seg, optional vertfile or discfile, name) "
+        "into -o OUTDIR/<name>.csv; bad rows are reported, the others written (exit 2 if any).",
+    ),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", metavar="local[:N]|tcp://HOST:PORT", help=SCHEDULER_HELP
+    ),
 ) -> None:
     """Cross-sectional area and shape per slice / level, with SCT's CSV columns."""
     if angle_correction not in ("exact", "sct", "none"):
         raise InputError(f"--angle-correction must be exact, sct or none, not {angle_correction!r}")
+    if batch is not None:
+        options = {
+            "perslice": perslice,
+            "perlevel": perlevel,
+            "vert": parse_vert(vert),
+            "normalize_pam50": normalize_pam50,
+            "angle_correction": angle_correction,
+        }
+        _run_batch(batch, output, scheduler, options, given=(seg, vertfile, discfile))
+        return
+    if seg is None:
+        raise InputError("give a segmentation (SEG) or --batch TABLE.tsv")
+    refuse_outputs_onto_inputs({"--output": output}, [seg, vertfile, discfile])
     table = morphometry_table(
         seg,
         vertfile=vertfile,
@@ -130,6 +157,36 @@ def morphometry(
         typer.echo(str(output))
         return
     _print_table(table)
+
+
+def _run_batch(
+    table: Path,
+    out_dir: Path | None,
+    scheduler: str | None,
+    options: dict[str, Any],
+    given: tuple[Path | None, ...],
+) -> None:
+    """``--batch``: one CSV per row; failures on stderr, then exit 2 if there were any."""
+    from drift.cohort.engine import open_engine, run_batch
+
+    if any(p is not None for p in given):
+        raise InputError("with --batch, seg, --vertfile and --discfile come from the table")
+    if out_dir is None:
+        raise InputError("--batch needs -o OUTDIR")
+
+    def say(msg: str) -> None:
+        typer.echo(msg, err=True)
+
+    with open_engine(scheduler, say=say) as engine:
+        report = run_batch(
+            table, out_dir, morphometry_table, options, engine, version=f"cordwatch-{__version__}"
+        )
+    for name, error in report.failed.items():
+        typer.echo(f"cordwatch: {table}: {name}: {error}", err=True)
+    n = len(report.written) + len(report.failed)
+    typer.echo(f"{len(report.written)} of {n} written to {out_dir}")
+    if report.failed:
+        raise InputError(f"{len(report.failed)} of {n} rows failed (see above)", table)
 
 
 def _print_table(table: pd.DataFrame) -> None:
