@@ -1,0 +1,132 @@
+"""Exactly-once claims in the registry (no inference: fake packages, embedded sqlite).
+
+The end-to-end version with real processes, a real mlflow server and the demo models is in
+test_service_e2e.py; these pin the rules of :mod:`drift.service.checks` quickly.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from drift.service.checks import CheckSettings, CheckStore, Target
+from registry.api import Registry, connect
+from registry.testing import make_package
+
+
+@pytest.fixture()
+def store(cordwatch_home: Path, tmp_path: Path) -> CheckStore:
+    reg = connect(None, cordwatch_home)
+    good = reg.register("cs", make_package(tmp_path / "a", seed=1))
+    reg.promote(good.ref, "champion", force=True, reason="test")
+    reg.register("cs", make_package(tmp_path / "b", seed=2), alias="candidate")
+    settings = CheckSettings(cohort_ref="phantom", backoff_s=0.0, max_attempts=2).load()
+    return CheckStore(reg, settings)
+
+
+def target(store: CheckStore) -> Target:
+    found = store.target("cs")
+    assert found is not None
+    return found
+
+
+def test_target_is_candidate_vs_champion_with_the_four_hashes(store: CheckStore) -> None:
+    t = target(store)
+    assert (t.candidate.ref, t.baseline.ref) == ("cs/2", "cs/1")
+    assert t.key.candidate_sha256 == t.candidate.sha256
+    assert t.key.baseline_sha256 == t.baseline.sha256
+    assert len(t.key.cohort_sha256) == len(t.key.policy_sha256) == 64
+    assert len(t.key.digest) == 32
+    store.reg.promote("cs/2", "champion", force=True, reason="test")
+    assert store.target("cs") is None  # candidate == champion: nothing to check
+
+
+def test_concurrent_claims_have_one_winner(store: CheckStore) -> None:
+    t = target(store)
+    won = []
+    barrier = threading.Barrier(6)
+
+    def contender() -> None:
+        other = CheckStore(connect(store.reg.tracking_uri, store.reg.settings.home), store.settings)
+        barrier.wait()
+        attempt = other.claim(t, "race")
+        if attempt is not None:
+            won.append(attempt)
+
+    threads = [threading.Thread(target=contender) for _ in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(won) == 1 and won[0].number == 1
+    assert store.claim(t, "again") is None  # attempt 1 is live
+    assert [a.state for a in store.attempts(t.key.digest)] == ["running"]
+
+
+def test_a_dead_owner_is_abandoned_and_the_next_attempt_starts(store: CheckStore) -> None:
+    t = target(store)
+    first = store.claim(t, "poll")
+    assert first is not None
+    # Pretend a process that has exited owned it (what a SIGKILL leaves behind).
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    host = store.owner.rpartition(":")[0]
+    store.set_state(first, owner=f"{host}:{gone}")
+    second = store.claim(t, "poll")
+    assert second is not None and second.number == 2
+    states = {a.number: a.state for a in store.attempts(t.key.digest)}
+    assert states == {1: "abandoned", 2: "running"}
+
+
+def test_a_stale_heartbeat_elsewhere_is_abandoned(store: CheckStore) -> None:
+    t = target(store)
+    first = store.claim(t, "poll")
+    assert first is not None
+    store.set_state(first, owner="another-host:1", heartbeat=str(time.time()))
+    assert store.claim(t, "poll") is None  # alive elsewhere: wait for its lease
+    store.set_state(first, heartbeat=str(time.time() - store.settings.lease_s - 1))
+    assert store.claim(t, "poll") is not None
+
+
+def test_failures_are_bounded_and_a_verdict_ends_the_check(store: CheckStore) -> None:
+    t = target(store)
+    for _ in range(store.settings.max_attempts):
+        attempt = store.claim(t, "poll")
+        assert attempt is not None
+        store.set_state(attempt, state="failed", finished=str(time.time()), error="boom")
+    assert store.claim(t, "poll") is None  # retries used up
+    forced = store.claim(t, "manual", force=True)  # the token-guarded re-run
+    assert forced is not None and forced.number == store.settings.max_attempts + 1
+    store.set_state(forced, state="failed", finished=str(time.time()))
+    _record_verdict_tags(store.reg, t)
+    assert store.verdict_for(t) == "fail"
+    assert store.claim(t, "manual", force=True) is None  # a key with a verdict never re-runs
+
+
+def test_a_verdict_for_another_policy_or_baseline_does_not_count(store: CheckStore) -> None:
+    t = target(store)
+    _record_verdict_tags(store.reg, t, policy="0" * 64)
+    assert store.verdict_for(t) is None
+    _record_verdict_tags(store.reg, t)
+    assert store.verdict_for(t) == "fail"
+    store.reg.set_version_tags("cs/2", {"cordwatch.drift.baseline": "cs/2"})
+    assert store.verdict_for(t) is None
+
+
+def _record_verdict_tags(reg: Registry, t: Target, policy: str | None = None) -> None:
+    """The version tags drift.gate.check.record_verdict writes."""
+    reg.set_version_tags(
+        t.candidate.ref,
+        {
+            "cordwatch.drift.verdict": "fail",
+            "cordwatch.drift.run_id": "r",
+            "cordwatch.drift.baseline": t.baseline.ref,
+            "cordwatch.drift.policy_sha256": policy or t.key.policy_sha256,
+            "cordwatch.drift.cohort_sha256": t.key.cohort_sha256,
+        },
+    )
