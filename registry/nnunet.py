@@ -221,7 +221,8 @@ def load_predictor(
     test-time augmentation (off by default: 8x slower for 3D). ``expected_sha256`` maps paths
     relative to the results folder to their sha256; when given, every listed file is checked
     and the plans, dataset.json and checkpoints must be listed, before any checkpoint is read.
-    ``num_threads`` (default: :func:`default_threads`) bounds torch's CPU threads.
+    ``num_threads`` (default: :func:`default_threads`) bounds torch's CPU threads. Several
+    folds are an ensemble: nnU-Net averages their logits before the softmax.
     """
     import torch
 
@@ -242,8 +243,12 @@ def load_predictor(
         if not path.is_file():
             raise InputError("checkpoint missing from the model package", path)
     if expected_sha256 is not None:
+        # Manifest paths are relative to the package, which may hold the results folder one
+        # level down (SCT's layout: crop_metadata.json beside it).
         verify_files(
-            root, expected_sha256, [root / "plans.json", root / "dataset.json", *ckpt_paths]
+            Path(package_dir),
+            expected_sha256,
+            [root / "plans.json", root / "dataset.json", *ckpt_paths],
         )
 
     dev = resolve_device(device)

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from drift import __version__
+from drift.cohort.external import SegmenterSettings
+from drift.cohort.sct_pipeline import SctPipeline
 from registry import nnunet
 from registry.errors import CordwatchError, InputError, IntegrityError
 from registry.fsutil import atomic_path, sha256_file
@@ -47,10 +49,17 @@ class InferenceSettings:
     cordwatch: str = __version__
     nnunetv2: str = ""
     torch: str = ""
+    # How the model is run around the network: SCT's pipeline (orientation, crop box source,
+    # paddings, post-processing) or an external command; None: nnU-Net on the image as stored.
+    pipeline: SctPipeline | SegmenterSettings | None = None
 
     @classmethod
     def current(
-        cls, tta: bool = False, folds: Sequence[int | str] | None = None, output: Output = "binary"
+        cls,
+        tta: bool = False,
+        folds: Sequence[int | str] | None = None,
+        output: Output = "binary",
+        pipeline: SctPipeline | SegmenterSettings | None = None,
     ) -> InferenceSettings:
         """Settings with the installed nnunetv2 and torch versions (read without importing)."""
         if output not in ("binary", "soft"):
@@ -61,7 +70,21 @@ class InferenceSettings:
             output=output,
             nnunetv2=_dist_version("nnunetv2"),
             torch=_dist_version("torch"),
+            pipeline=pipeline,
         )
+
+
+def package_pipeline(package_dir: str | Path) -> SctPipeline | SegmenterSettings | None:
+    """The pipeline a package asks for (read from its files, nothing unpickled); None for a
+    plain nnU-Net package or a folder that is not there (its loading will say so)."""
+    from drift.cohort import external, sct_pipeline
+
+    if not Path(package_dir).is_dir():
+        return None
+
+    return external.settings_for_package(package_dir) or sct_pipeline.pipeline_for_package(
+        package_dir
+    )
 
 
 def _dist_version(name: str) -> str:
@@ -73,7 +96,12 @@ def _dist_version(name: str) -> str:
         return "absent"
 
 
-def cache_key(package_sha256: str, image_sha256: str, settings: InferenceSettings) -> str:
+def cache_key(
+    package_sha256: str,
+    image_sha256: str,
+    settings: InferenceSettings,
+    extra: Mapping[str, str] | None = None,
+) -> str:
     """sha256 of the model, the image and the settings: the name of a cache entry.
 
     >>> s = InferenceSettings(nnunetv2="2.6.0", torch="2.13.0")
@@ -83,11 +111,16 @@ def cache_key(package_sha256: str, image_sha256: str, settings: InferenceSetting
     >>> cache_key("a" * 64, "b" * 64, s) == cache_key("a" * 64, "b" * 64, replace(s, tta=True))
     False
     """
-    payload = {
+    settings_dict = asdict(settings)
+    if settings_dict.get("pipeline") is None:  # keys of plain nnU-Net runs stay as they were
+        settings_dict.pop("pipeline", None)
+    payload: dict[str, Any] = {
         "package_sha256": package_sha256.lower(),
         "image_sha256": image_sha256.lower(),
-        "settings": asdict(settings),
+        "settings": settings_dict,
     }
+    if extra:  # e.g. the sha256 of the ground-truth mask a crop box comes from
+        payload["extra"] = dict(extra)
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -166,10 +199,16 @@ def _segment_one(
     meta_path: Path,
     provenance: dict[str, Any],
     output: Output,
+    crop_source: Path | None = None,
 ) -> None:
     img, data, spacing = nnunet.read_image(image)
     t0 = time.perf_counter()
-    soft, binary = nnunet.predict_array(predictor.get(), data, spacing)
+    model = predictor.get()
+    steps: dict[str, Any] = {}
+    if hasattr(model, "predict_image"):  # SCT's pipeline or an external segmenter
+        soft, binary, steps = model.predict_image(image, img, data, spacing, crop_source)
+    else:
+        soft, binary = nnunet.predict_array(model, data, spacing)
     seconds = time.perf_counter() - t0
     is_soft = output == "soft"
     payload = nnunet.nifti_bytes(
@@ -183,6 +222,7 @@ def _segment_one(
         "device": predictor.device,
         "predict_seconds": round(seconds, 3),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        **({"pipeline_steps": steps} if steps else {}),
     }
     _write_entry(seg_path, meta_path, payload, meta)
 
@@ -196,7 +236,7 @@ def _write_entry(seg_path: Path, meta_path: Path, payload: bytes, meta: dict[str
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Any]:
+def _progress(enabled: bool, total: int, label: str = "segmenting") -> Iterator[Any]:
     """A rich progress bar on stderr (stdout stays clean for --json), or a no-op."""
     if not enabled:
         yield None
@@ -212,7 +252,7 @@ def _progress(enabled: bool, total: int) -> Iterator[Any]:
     )
 
     with Progress(
-        TextColumn("[bold]segmenting[/bold] {task.description}"),
+        TextColumn(f"[bold]{label}[/bold] {{task.description}}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"),
@@ -238,6 +278,7 @@ def segment_cohort(
     output: Output = "binary",
     package_manifest: Mapping[str, str] | None = None,
     num_threads: int | None = None,
+    crop_sources: Mapping[str, str | Path] | None = None,
 ) -> list[SegmentationResult]:
     """Segment every ``(key, image path, image sha256)`` with the model in ``package_dir``.
 
@@ -248,10 +289,14 @@ def segment_cohort(
     ``binary`` (nnU-Net's label map, uint8) or ``soft`` (foreground probability, float32).
     ``num_threads`` bounds torch's CPU threads (default: cores not already busy). Raises
     CordwatchError only for a model that cannot be loaded; an image that fails is reported as
-    ``failed`` with its error.
+    ``failed`` with its error. The package's pipeline (:func:`package_pipeline`: SCT's
+    reorientation, crop and post-processing, or an external command) is part of the settings.
+    ``crop_sources`` maps a key to what the crop box of a cropped SCT model comes from: the
+    image's ground-truth cord mask (NIfTI) or a box file (``.json``, an override).
     """
     cache = Path(cache_dir)
-    settings = InferenceSettings.current(tta=tta, folds=folds, output=output)
+    pipeline = package_pipeline(package_dir)
+    settings = InferenceSettings.current(tta=tta, folds=folds, output=output, pipeline=pipeline)
     provenance = {
         "package_sha256": package_sha256,
         "settings": asdict(settings),
@@ -271,8 +316,16 @@ def segment_cohort(
         for key, image_path, image_sha in images:
             if bar is not None:
                 bar.update(bar.task_ids[0], description=key)
+            source = (crop_sources or {}).get(key)
             result = segment_image(
-                predictor, key, Path(image_path), image_sha, cache, settings, provenance
+                predictor,
+                key,
+                Path(image_path),
+                image_sha,
+                cache,
+                settings,
+                provenance,
+                crop_source=None if source is None else Path(source),
             )
             counts[outcome(result)] += 1
             results.append(result)
@@ -280,6 +333,31 @@ def segment_cohort(
                 status = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
                 bar.update(bar.task_ids[0], advance=1, status=status)
     return results
+
+
+def daemon_producer_threads() -> None:
+    """Make nnU-Net's sliding-window producer thread a daemon thread.
+
+    nnunetv2 2.6.0 feeds patches through a plain ``threading.Thread`` that blocks in
+    ``queue.put`` once the main thread stops consuming (Ctrl-C, SIGTERM, an error), and a
+    non-daemon thread keeps the interpreter from exiting: ``drift check`` hung forever after
+    "interrupted". As a daemon it dies with the process, which then exits 130/143 at once.
+    """
+    import threading
+
+    from nnunetv2.inference import predict_from_raw_data
+
+    if getattr(predict_from_raw_data.Thread, "_cordwatch_daemon", False):
+        return
+
+    class _DaemonThread(threading.Thread):
+        _cordwatch_daemon = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["daemon"] = True
+            super().__init__(*args, **kwargs)
+
+    predict_from_raw_data.Thread = _DaemonThread  # type: ignore[misc,assignment]
 
 
 def predictor_loader(
@@ -292,10 +370,16 @@ def predictor_loader(
     num_threads: int | None = None,
 ) -> _LazyPredictor:
     """The package's predictor, loaded (hashes verified against ``package_manifest`` first) on
-    the first image that is not cached. The drift engine keeps one per worker and package."""
+    the first image that is not cached. The drift engine keeps one per worker and package.
+    An SCT package's predictor runs SCT's pipeline; an external segmenter runs its command."""
 
     def load() -> Any:
-        return nnunet.load_predictor(
+        from drift.cohort import external, sct_pipeline
+
+        if external.is_segmenter(package_dir):
+            return external.load_segmenter(package_dir, package_manifest)
+        daemon_producer_threads()
+        predictor = nnunet.load_predictor(
             package_dir,
             device=device,
             tta=tta,
@@ -303,6 +387,10 @@ def predictor_loader(
             expected_sha256=package_manifest,
             num_threads=num_threads,
         )
+        pipeline = package_pipeline(package_dir)
+        if isinstance(pipeline, sct_pipeline.SctPipeline):
+            return sct_pipeline.SctPredictor(predictor, pipeline)
+        return predictor
 
     return _LazyPredictor(load, Path(package_dir))
 
@@ -315,10 +403,12 @@ def segment_image(
     cache: Path,
     settings: InferenceSettings,
     provenance: Mapping[str, Any],
+    crop_source: Path | None = None,
 ) -> SegmentationResult:
     """One image of a cohort: hash it, reuse its cache entry or predict and write one.
 
     A failing image is returned as ``failed``; only a model that cannot be loaded raises.
+    ``crop_source`` (cropped SCT models) is part of the cache key by its sha256.
     """
     t0 = time.perf_counter()
     ckey: str | None = None
@@ -329,7 +419,8 @@ def segment_image(
                 f"sha256 {actual[:12]}... does not match the cohort's {image_sha[:12]}...",
                 image,
             )
-        ckey = cache_key(str(provenance["package_sha256"]), actual, settings)
+        extra = _crop_extra(settings, crop_source)
+        ckey = cache_key(str(provenance["package_sha256"]), actual, settings, extra)
         seg_path, meta_path = entry_paths(cache, ckey)
         hit = cached_segmentation(cache, ckey)
         if hit is None:
@@ -338,8 +429,9 @@ def segment_image(
                 image,
                 seg_path,
                 meta_path,
-                {**provenance, "image_sha256": actual, "image": str(image)},
+                {**provenance, "image_sha256": actual, "image": str(image), **extra},
                 settings.output,
+                crop_source,
             )
         return SegmentationResult(
             key, image, "ok", seg_path, None, time.perf_counter() - t0, hit is not None, ckey
@@ -348,6 +440,19 @@ def segment_image(
         if predictor.load_error is not None:  # ... but a broken model must
             raise
         return _failed(key, image, _one_line(err, image), t0, ckey)
+
+
+def _crop_extra(settings: InferenceSettings, crop_source: Path | None) -> dict[str, str]:
+    """What a cropped SCT model's box comes from, by content: part of the cache key."""
+    pipeline = settings.pipeline
+    if not isinstance(pipeline, SctPipeline) or not pipeline.cropped or crop_source is None:
+        return {}
+    kind = "box_file" if crop_source.name.endswith(".json") else "gt_seg"
+    try:
+        sha = sha256_file(crop_source)
+    except OSError as err:
+        raise InputError(f"crop box source unreadable: {err.strerror}", crop_source) from err
+    return {"crop_source": kind, "crop_source_sha256": sha}
 
 
 def outcome(result: SegmentationResult) -> str:
