@@ -174,3 +174,117 @@ def test_write_json_is_strict_json(tmp_path: Path) -> None:
     assert "NaN" not in text and "Infinity" not in text
     doc = json.loads(text)
     assert doc["verdict"] == res.verdict and doc["provenance"]["extra"] == "/x"
+
+
+def test_floating_point_noise_is_ties_and_ba_has_a_sensible_scale() -> None:
+    # A re-saved candidate: the same values up to summation-order noise (~1e-15 relative).
+    base, _ = tables(n_subjects=12)
+    noise = np.random.default_rng(3).normal(0, 1e-15, len(base))
+    cand = base.assign(area=base["area"] * (1 + noise))
+    res = drift_result(base, cand)
+    area = res.comparison.levels[res.comparison.levels["metric"] == "area"]
+    assert (area["wilcoxon_p"] == 1.0).all()  # ties, not p = 0.3-0.7 from noise
+    assert (area["ba_bias"] == 0).all() and (area["ba_loa_high"] == 0).all()
+    fig = report.figure_bland_altman(res, "area")
+    lo, hi = fig.axes[0].get_ylim()
+    # Never scaled to the noise: at least half the ±1 % fail margin of a ~75 mm² cord.
+    assert hi > 0.3 and lo < -0.3
+
+
+def test_identical_weights_are_said_first(tmp_path: Path) -> None:
+    base, _ = tables(n_subjects=6)
+    sha = "ab" * 32
+    prov = {
+        "baseline": {"ref": "cordseg/1", "sha256": sha, "aliases": ["champion"]},
+        "candidate": {"ref": "cordseg/2", "sha256": sha, "aliases": ["candidate"]},
+        "identical_weights": True,
+    }
+    res = drift_result(base, base.copy(), provenance=prov)
+    assert res.verdict == "pass"
+    lv = res.comparison.levels
+    assert (lv["scaling_factor"] == 1.0).all() and (lv["ba_bias"] == 0).all()
+    page = report.html_report(res, {})
+    assert "Identical weights" in page.split("id='attention'")[0]
+    md = report.markdown_summary(res)
+    assert "**Identical weights**" in md
+    assert "promotable: the verdict is pass; run: `cordwatch models promote cordseg/2`" in md
+
+
+def test_first_screen_names_versions_cohort_policy_next_and_dice() -> None:
+    base, cand = tables(scale_c4=0.97)
+    dice = pd.DataFrame(
+        [
+            (f"sub-{s:02d}", c, v, 0.9)
+            for s in range(10)
+            for c in ("T1w", "T2w")
+            for v in ("baseline", "candidate")
+        ],
+        columns=["subject", "contrast", "version", "dice"],
+    )
+    prov = {
+        "baseline": {
+            "ref": "cordseg/2",
+            "sha256": "a" * 64,
+            "aliases": ["champion"],
+            "registered_by": "alice",
+            "created": "2026-12-01T10:00:00+00:00",
+            "description": "the <b>champion</b>",
+        },
+        "candidate": {
+            "ref": "cordseg/4",
+            "sha256": "b" * 64,
+            "aliases": ["candidate"],
+            "registered_by": "bob",
+            "created": "2026-12-02T09:30:00+00:00",
+            "description": "re-train | seed 2",
+        },
+        "cohort": {"cohort": "phantom", "cohort_manifest_sha256": "c" * 64},
+    }
+    res = drift_result(base, cand, dice=dice, provenance=prov)
+    page = report.html_report(res, {})
+    first = page.split("id='attention'")[0]
+    for text in (
+        "cordseg/4",
+        "cordseg/2",
+        "champion",
+        "bbbbbbbbbbbb",
+        "bob, 2026-12-02 09:30 UTC",
+        "phantom: 10 subjects x 2 contrasts",
+        "cccccccccccc",
+        "area ±1 % fail",
+        "not promotable because 1 gate condition(s) fail",
+        "0.900",
+    ):
+        assert text in first, text
+    assert "the &lt;b&gt;champion&lt;/b&gt;" in first  # autoescaped
+    # Passing conditions are collapsed; the failing one is grouped under its metric.
+    attention, passing = page.split("id='attention'")[1].split("<details id='passing'>", 1)
+    assert "area C4: scaling" in attention and "coverage" not in attention
+    assert "41 passing condition(s)" in passing
+    assert page.index("id='glossary'") > page.index("id='figures'")
+    md = report.markdown_summary(res)
+    assert "| candidate | `cordseg/4` | candidate | `bbbbbbbbbbbb` |" in md
+    assert "re-train \\| seed 2" in md and "the &lt;b>champion&lt;/b>" in md
+
+
+def test_warn_is_not_promotable_by_default() -> None:
+    base, cand = tables(scale_c4=0.9935, n_subjects=12)
+    prov = {
+        "candidate": {"ref": "cordseg/3", "sha256": "b" * 64},
+        "baseline": {"ref": "cordseg/2", "sha256": "a" * 64},
+    }
+    res = drift_result(base, cand, provenance=prov)
+    assert res.verdict == "warn" and res.exit_code == 0
+    nxt = report.next_step(res, "cordseg/3")
+    assert not nxt["promotable"]
+    assert "the verdict is warn" in nxt["text"] and "promotes only pass" in nxt["text"]
+    assert nxt["command"] == 'cordwatch models promote cordseg/3 --force --reason "..."'
+
+
+def test_markdown_escapes_user_strings() -> None:
+    base, cand = tables(n_subjects=6)
+    prov = {"candidate": {"ref": "x/2", "description": "<img src=x onerror=alert(1)>"}}
+    md = report.markdown_summary(drift_result(base, cand, provenance=prov))
+    # Outside code spans (where nothing is HTML) every "<" is escaped.
+    outside = re.sub(r"`[^`\n]*`", "", md)
+    assert "<img" not in outside and "&lt;img src=x" in outside

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -69,6 +69,36 @@ def dice_table(measured: dict[str, Measured]) -> pd.DataFrame | None:
     return pd.concat(frames, ignore_index=True) if len(frames) == 2 else None
 
 
+def version_provenance(info: VersionInfo) -> dict[str, Any]:
+    """What a drift result records about one compared version (the report's references)."""
+    return {
+        "ref": info.ref,
+        "sha256": info.sha256,
+        "version": info.version,
+        "aliases": list(info.aliases),
+        "registered_by": info.tags.get("cordwatch.registered_by", ""),
+        "created": info.created.isoformat(),
+        "description": info.description,
+    }
+
+
+def history_with(history: pd.DataFrame, tables: dict[int, pd.DataFrame]) -> pd.DataFrame:
+    """``history`` (version, level, area) plus the per-level cohort mean CSA of each version
+    compared now, which wins: a version whose package was measured under another version
+    number (identical weights reuse that run) still gets its point."""
+    from drift.cohort.evaluate import level_summary
+
+    rows = [
+        {"version": version, "level": key[len("area_") :], "area": value}
+        for version, table in tables.items()
+        for key, value in level_summary(table).items()
+        if key.startswith("area_")
+    ]
+    both = pd.concat([history, pd.DataFrame(rows, columns=["version", "level", "area"])])
+    both = both.drop_duplicates(["version", "level"], keep="last")
+    return both.sort_values(["version", "level"]).reset_index(drop=True)
+
+
 def run_check(
     candidate_ref: str,
     baseline_ref: str,
@@ -109,9 +139,15 @@ def run_check(
         "policy_sha256": policy_sha256(policy),
     }
     cache_dir = reg.settings.home / "cache" / "segmentations"
-    measured = {}
+    # Same package sha256 = same weights: the comparison is exact identity, not a measurement.
+    identical = len(candidate.sha256) == 64 and candidate.sha256 == baseline.sha256
+    measured: dict[str, Measured] = {}
     for role, info in (("baseline", baseline), ("candidate", candidate)):
         say(f"{role}: {info.ref} (package {info.sha256[:12]})")
+        if role == "candidate" and identical:
+            say(f"identical weights: {candidate.ref} is the package of {baseline.ref}")
+            measured[role] = measured["baseline"]
+            continue
         measured[role] = evaluate_version(
             reg,
             info,
@@ -138,8 +174,9 @@ def run_check(
         provenance=provenance
         | {
             "command": "cordwatch drift check",
-            "baseline": {"ref": baseline.ref, "sha256": baseline.sha256},
-            "candidate": {"ref": candidate.ref, "sha256": candidate.sha256},
+            "baseline": version_provenance(baseline),
+            "candidate": version_provenance(candidate),
+            "identical_weights": identical,
             "failures": {role: m.failures for role, m in measured.items()},
         },
     )
@@ -149,7 +186,10 @@ def run_check(
         candidate=candidate,
         baseline_table=base_t,
         candidate_table=cand_t,
-        history=csa_history(reg, candidate.name),
+        history=history_with(
+            csa_history(reg, candidate.name),
+            {baseline.version: base_t, candidate.version: cand_t},
+        ),
         failures={role: m.failures for role, m in measured.items()},
     )
 

@@ -100,6 +100,9 @@ VERSIONS: tuple[str, str] = ("baseline", "candidate")
 
 _MAD_SCALE = 1.4826  # MAD -> SD for normal data
 _Z975 = 1.959963984540054
+#: Relative differences at or below this are floating-point noise (summation order, a
+#: re-saved file), not drift: they count as ties (Wilcoxon) and as zero (Bland-Altman).
+FP_RTOL = 1e-9
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,7 +162,8 @@ def tost_pvalue(mean: float, se: float, df: float, margin: float) -> float:
 def wilcoxon_pvalue(log_ratios: np.ndarray) -> float:
     """Two-sided paired Wilcoxon signed-rank p-value of ``log(c/b)`` against 0.
 
-    All-zero differences (identical versions) give 1.0; fewer than 2 values give NaN.
+    All-zero differences (identical versions) give 1.0; fewer than 2 values give NaN;
+    differences within :data:`FP_RTOL` of zero are ties (floating-point noise is not data).
 
     >>> wilcoxon_pvalue(np.zeros(10))
     1.0
@@ -169,6 +173,7 @@ def wilcoxon_pvalue(log_ratios: np.ndarray) -> float:
     d = np.asarray(log_ratios, dtype=float)
     if d.size < 2:
         return math.nan
+    d = np.where(np.abs(d) <= FP_RTOL, 0.0, d)  # log-ratio ~ relative difference: ties
     if np.all(d == 0):
         return 1.0
     return float(stats.wilcoxon(d, zero_method="wilcox").pvalue)
@@ -198,6 +203,7 @@ def bland_altman(baseline: np.ndarray, candidate: np.ndarray) -> BlandAltman:
         nan2 = (math.nan, math.nan)
         return BlandAltman(math.nan, nan2, math.nan, nan2)
     diff = c - b
+    diff = np.where(np.abs(diff) <= FP_RTOL * np.abs((c + b) / 2.0), 0.0, diff)
     pct = 100.0 * diff / ((c + b) / 2.0)
     bias, sd = float(diff.mean()), float(diff.std(ddof=1))
     bias_p, sd_p = float(pct.mean()), float(pct.std(ddof=1))
