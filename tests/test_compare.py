@@ -1,4 +1,5 @@
-"""drift.compare: paired statistics of two morphometrics tables, on analytic and seeded data."""
+"""drift.gate.compare: paired statistics of two morphometrics tables, on analytic and seeded
+data."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from drift import compare as cmp
-from drift.compare import compare_tables
+from drift.gate import compare as cmp
+from drift.measure import levels
+from drift.gate.compare import compare_tables
 from registry.errors import InputError
 
 # ---------------------------------------------------------------------------------------------
@@ -97,14 +99,14 @@ def cohort() -> pd.DataFrame:
 
 
 def test_level_names_follow_sct_numbering() -> None:
-    names = [cmp.level_name(n) for n in range(1, 25)]
+    names = [levels.level_name(n) for n in range(1, 25)]
     assert names[:8] == ["C1", "C2", "C3", "C4", "C5", "C6", "C7", "T1"]
     assert names[18] == "T12" and names[19] == "L1" and names[23] == "L5"
-    assert [cmp.level_number(n) for n in names] == list(range(1, 25))
+    assert [levels.level_number(n) for n in names] == list(range(1, 25))
     with pytest.raises(ValueError):
-        cmp.level_name(0)
+        levels.level_name(0)
     with pytest.raises(ValueError):
-        cmp.level_number("C8")
+        levels.level_number("C8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,7 +448,7 @@ def test_metrics_must_be_ratio_scale_and_present(cohort: pd.DataFrame) -> None:
 
 
 def test_real_normative_database_against_a_shrunk_copy(shared_data) -> None:
-    from drift.sctcsv import read_sct_csv, sct_to_tidy
+    from drift.measure.sctcsv import read_sct_csv, sct_to_tidy
 
     files = sorted((shared_data / "normative_r20250321" / "spinal_cord").glob("sub-*_T2w_*.csv"))
     assert len(files) == 203
