@@ -11,8 +11,8 @@ import pytest
 from scipy import stats
 
 from drift.gate import compare as cmp
-from drift.measure import levels
 from drift.gate.compare import compare_tables
+from drift.measure import levels
 from registry.errors import InputError
 
 # ---------------------------------------------------------------------------------------------
