@@ -6,12 +6,15 @@ Refused (``UnsafeArchiveError``, one line naming the archive and the entry):
 - symbolic links and other special files (Unix mode bits in the entry);
 - duplicate names, also names equal up to case, and a file that is also a directory;
 - encrypted entries;
-- bombs: more than ``max_files`` entries, more than ``max_total_bytes`` uncompressed, an
-  entry larger than ``ratio_min_bytes`` that expands more than ``max_ratio`` times, and
-  entries whose data overlap (the "better zip bomb" construction).
+- bombs: more than ``max_files`` entries, more than ``max_total_bytes`` uncompressed (all
+  entries together), an entry larger than ``ratio_min_bytes`` that expands more than
+  ``max_ratio`` times, an archive whose entries together expand more than
+  ``max_ratio_total`` times its size (many small entries, each under the per-entry
+  threshold), and entries whose data overlap (the "better zip bomb" construction).
 
 Limits come from :class:`ZipLimits` (defaults below; ``CORDWATCH_ZIP_MAX_BYTES``,
-``CORDWATCH_ZIP_MAX_FILES`` and ``CORDWATCH_ZIP_MAX_RATIO`` override them). While
+``CORDWATCH_ZIP_MAX_FILES``, ``CORDWATCH_ZIP_MAX_RATIO`` and
+``CORDWATCH_ZIP_MAX_TOTAL_RATIO`` override them). While
 extracting, the bytes actually written are counted against the declared sizes, and zipfile's
 CRC check catches corrupt data.
 """
@@ -44,6 +47,10 @@ class ZipLimits:
     max_files: int = 10_000
     max_ratio: float = 200.0
     ratio_min_bytes: int = _MiB
+    #: Whole archive: uncompressed total / archive size (checkpoints of float weights
+    #: compress about 1.1 times; JSON plans and logs more, but they are small).
+    max_ratio_total: float = 50.0
+    ratio_total_min_bytes: int = 16 * _MiB
 
     @classmethod
     def from_env(cls) -> ZipLimits:
@@ -57,6 +64,10 @@ class ZipLimits:
                 max_files=int(os.environ.get("CORDWATCH_ZIP_MAX_FILES", base.max_files)),
                 max_ratio=float(os.environ.get("CORDWATCH_ZIP_MAX_RATIO", base.max_ratio)),
                 ratio_min_bytes=base.ratio_min_bytes,
+                max_ratio_total=float(
+                    os.environ.get("CORDWATCH_ZIP_MAX_TOTAL_RATIO", base.max_ratio_total)
+                ),
+                ratio_total_min_bytes=base.ratio_total_min_bytes,
             )
         except ValueError as err:
             raise InputError(f"bad zip limit in the environment: {err}") from err
@@ -120,6 +131,14 @@ def check_zip(path: Path, limits: ZipLimits | None = None) -> list[tuple[zipfile
     if total > limits.max_total_bytes:
         raise UnsafeArchiveError(
             f"uncompressed size {total} bytes exceeds the limit of {limits.max_total_bytes}", path
+        )
+    archive_bytes = max(path.stat().st_size, 1)
+    if total > limits.ratio_total_min_bytes and total > limits.max_ratio_total * archive_bytes:
+        raise UnsafeArchiveError(
+            f"{len(infos)} entries expand {total / archive_bytes:.0f} times overall "
+            f"({total} bytes from {archive_bytes}; limit {limits.max_ratio_total:.0f}): "
+            "decompression bomb",
+            path,
         )
 
     seen: dict[str, str] = {}  # lower-case path -> path

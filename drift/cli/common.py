@@ -62,6 +62,30 @@ def _unexpected(err: BaseException) -> str:
     return f"unexpected {type(err).__name__}" + (f": {detail}" if detail else "")
 
 
+def redact_log_records() -> None:
+    """Every log record (MLflow's, urllib3's, ours) has URI credentials replaced by ``***``.
+
+    Installed once, as a record factory, so that it covers loggers configured later too.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_cordwatch_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to logging's own error handling
+            return record
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return record
+
+    factory._cordwatch_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
 def command(fn: F) -> F:
     """Wrap a CLI command: the one error boundary of cordwatch.
 
@@ -73,6 +97,7 @@ def command(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        redact_log_records()
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGTERM, _on_sigterm)
