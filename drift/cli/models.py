@@ -9,6 +9,7 @@
     cordwatch models promote NAME/VERSION [--alias champion] [--force --reason TEXT]
     cordwatch models history NAME [--json]
     cordwatch models diff NAME/V1 NAME/V2 [--json]
+    cordwatch models audit NAME [--json]
 
 ``--registry URI`` (before the sub-command) selects the registry; else ``MLFLOW_TRACKING_URI``;
 else ``sqlite:///$CORDWATCH_HOME/registry.db``. Exit codes: 0 ok, 1 promotion refused by the
@@ -364,3 +365,29 @@ def _diff_lines(d: dict[str, Any]) -> list[str]:
             f"{c['b']['sha256'][:12]} ({_size(c['b']['size'])})"
         )
     return lines
+
+
+@models_app.command("audit")
+@command
+def audit(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., metavar="NAME", help="Registered model name."),
+    json_out: bool = _JSON,
+) -> None:
+    """Compare MLflow's aliases and verdict tags with cordwatch's history: a champion without
+    a pass verdict, a verdict tag without its drift run, an alias moved outside cordwatch.
+
+    Exit 0 when everything agrees, 1 when something is wrong.
+    """
+    from drift.gate.audit import AuditFailed, audit_model
+
+    findings = audit_model(registry_from(ctx), name)
+    if json_out:
+        print_json({"model": name, "ok": not findings, "findings": [f.to_dict() for f in findings]})
+    else:
+        for f in findings:
+            typer.echo(f"{f.kind}: {f.message}")
+        if not findings:
+            typer.echo(f"{name}: aliases and verdicts agree with cordwatch's history")
+    if findings:
+        raise AuditFailed(f"{len(findings)} problem(s) in {name}'s aliases and verdicts")

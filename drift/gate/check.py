@@ -201,7 +201,10 @@ def record_verdict(
 
     Called last, after every output is written: an interruption before it leaves no verdict.
     """
-    from drift.gate.report import write_json
+    from mlflow.entities import Metric, Param
+
+    from drift.gate.audit import gate_metrics, gate_params, verdict_description
+    from drift.gate.report import write_json, write_report
     from registry.api import connect
 
     reg = connect(registry_uri)
@@ -222,9 +225,25 @@ def record_verdict(
     try:
         with tempfile.TemporaryDirectory(prefix="cordwatch-drift-") as tmp:
             reg.client.log_artifact(run_id, str(write_json(result, Path(tmp) / "result.json")))
-        for key, path in outputs.items():
-            if key in ("html", "markdown") or key.startswith("figure:"):
-                reg.client.log_artifact(run_id, str(path), artifact_path="report")
+            if "html" not in outputs:  # the MLflow UI shows the report even without --report
+                outputs = write_report(
+                    result,
+                    Path(tmp) / "report",
+                    baseline_table=check.baseline_table,
+                    candidate_table=check.candidate_table,
+                    history=check.history,
+                )
+            for key, path in outputs.items():
+                if key in ("html", "markdown"):
+                    reg.client.log_artifact(run_id, str(path), artifact_path="report")
+                elif key.startswith(("figure:", "qc:")):
+                    sub = "report/qc" if key.startswith("qc:") else "report/figures"
+                    reg.client.log_artifact(run_id, str(path), artifact_path=sub)
+        reg.client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, 0, 0) for k, v in gate_metrics(result).items()],
+            params=[Param(k, v) for k, v in gate_params(result, cand.ref, base.ref).items()],
+        )
         status = "FINISHED"
     finally:
         reg.client.set_terminated(run_id, status)
@@ -240,4 +259,7 @@ def record_verdict(
             ),
         },
     )
+    # The verdict in the version's description, linked to the run (tags are easily missed).
+    text = verdict_description(cand.description, result.verdict, base.ref, run_id, exp_id)
+    reg.client.update_model_version(cand.name, str(cand.version), description=text)
     return run_id

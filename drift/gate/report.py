@@ -468,7 +468,7 @@ def _figure_builders(
             baseline_table, candidate_table, metric, min_subjects=result.policy.min_subjects
         ),
     }
-    if history is not None:
+    if history is not None and len(history):
         highlight = {}
         for ref in version_refs(result.provenance):
             m = re.fullmatch(r"[^/\s]+/(\d+)", ref["ref"])
