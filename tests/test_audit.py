@@ -147,3 +147,16 @@ def test_audit_catches_a_verdict_tag_without_its_run(registry: Registry) -> None
     assert ("verdict-without-run", "cs/1") in found
     assert ("verdict-mismatch", "cs/2") in found
     assert ("champion-not-pass", "cs/2") in found
+
+
+def test_morphometry_runs_log_every_metric_per_level() -> None:
+    from drift.cohort.evaluate import level_summary
+
+    base, _ = tables()
+    summary = level_summary(base)
+    for level in ("C2", "C4", "T1"):
+        for metric in ("area", "diameter_AP", "diameter_RL"):
+            assert f"{metric}_{level}" in summary
+    c3 = base[base["level"] == 3]
+    expected = c3.groupby("subject")["diameter_RL"].mean().mean()
+    assert summary["diameter_RL_C3"] == pytest.approx(expected)

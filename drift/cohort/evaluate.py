@@ -152,14 +152,22 @@ def to_wide(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def level_summary(table: pd.DataFrame) -> dict[str, float]:
-    """Per-level mean of the subjects' mean CSA, as MLflow metric names (``area_C3``)."""
+    """Per-level mean of the subjects' level means of every metric of :data:`TIDY_METRICS`
+    present, as MLflow metric names (``area_C3``, ``diameter_AP_C3``, ``solidity_T1``, ...),
+    so that the MLflow UI can chart each one across versions."""
     from drift.measure.levels import level_name
 
-    if table.empty:
+    metrics = [m for m in TIDY_METRICS if m in table.columns]
+    if table.empty or not metrics:
         return {}
-    per_subject = table.groupby(["subject", "contrast", "level"])["area"].mean()
+    per_subject = table.groupby(["subject", "contrast", "level"])[metrics].mean()
     per_level = per_subject.groupby("level").mean()
-    return {f"area_{level_name(int(lv))}": float(v) for lv, v in per_level.items() if v == v}
+    return {
+        f"{metric}_{level_name(int(lv))}": float(v)
+        for lv, row in per_level.iterrows()
+        for metric, v in row.items()
+        if v == v
+    }
 
 
 # ----------------------------------------------------------------------------- the check ---
