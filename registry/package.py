@@ -130,7 +130,7 @@ class SegmenterLayout:
     def tags(self) -> dict[str, str]:
         tags = {
             FORMAT_TAG: self.format,
-            "cordwatch.segmenter.command": shlex.join(self.command),
+            "cordwatch.segmenter.command": json.dumps(list(self.command)),
             "cordwatch.segmenter.files": ",".join(self.files),
             "cordwatch.segmenter.timeout_s": _number(self.timeout_s),
             "cordwatch.segmenter.output": self.output,
