@@ -10,23 +10,33 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from drift.service.checks import CheckSettings, CheckStore, Target
+from drift.service.checks import CheckSettings, CheckStore, Target, execute
 from registry.api import Registry, connect
 from registry.testing import make_package
 
 
-@pytest.fixture()
-def store(cordwatch_home: Path, tmp_path: Path) -> CheckStore:
-    reg = connect(None, cordwatch_home)
-    good = reg.register("cs", make_package(tmp_path / "a", seed=1))
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    base = tmp_path_factory.mktemp("claims")
+    reg = connect(f"sqlite:///{base / 'home' / 'registry.db'}", base / "home")
+    good = reg.register("cs", make_package(base / "a", seed=1))
     reg.promote(good.ref, "champion", force=True, reason="test")
-    reg.register("cs", make_package(tmp_path / "b", seed=2), alias="candidate")
-    settings = CheckSettings(cohort_ref="phantom", backoff_s=0.0, max_attempts=2).load()
-    return CheckStore(reg, settings)
+    reg.register("cs", make_package(base / "b", seed=2), alias="candidate")
+    return reg
+
+
+@pytest.fixture()
+def store(registry: Registry) -> CheckStore:
+    """A store whose key is new to this test (a policy hash of its own)."""
+    settings = CheckSettings(cohort_ref="phantom", registry_uri=registry.tracking_uri,
+                             backoff_s=0.0, max_attempts=2).load()  # fmt: skip
+    settings.policy_sha256 = uuid.uuid4().hex * 2
+    return CheckStore(registry, settings)
 
 
 def target(store: CheckStore) -> Target:
@@ -43,7 +53,10 @@ def test_target_is_candidate_vs_champion_with_the_four_hashes(store: CheckStore)
     assert len(t.key.cohort_sha256) == len(t.key.policy_sha256) == 64
     assert len(t.key.digest) == 32
     store.reg.promote("cs/2", "champion", force=True, reason="test")
-    assert store.target("cs") is None  # candidate == champion: nothing to check
+    try:
+        assert store.target("cs") is None  # candidate == champion: nothing to check
+    finally:
+        store.reg.promote("cs/1", "champion", force=True, reason="test: restore")
 
 
 def test_concurrent_claims_have_one_winner(store: CheckStore) -> None:
@@ -116,6 +129,7 @@ def test_a_verdict_for_another_policy_or_baseline_does_not_count(store: CheckSto
     assert store.verdict_for(t) == "fail"
     store.reg.set_version_tags("cs/2", {"cordwatch.drift.baseline": "cs/2"})
     assert store.verdict_for(t) is None
+    store.reg.set_version_tags("cs/2", {"cordwatch.drift.policy_sha256": "-"})  # clean up
 
 
 def _record_verdict_tags(reg: Registry, t: Target, policy: str | None = None) -> None:
@@ -130,3 +144,21 @@ def _record_verdict_tags(reg: Registry, t: Target, policy: str | None = None) ->
             "cordwatch.drift.cohort_sha256": t.key.cohort_sha256,
         },
     )
+
+
+def test_a_failed_check_writes_no_verdict(store: CheckStore, tmp_path: Path) -> None:
+    t = target(store)
+    attempt = store.claim(t, "poll")
+    assert attempt is not None
+    store.settings.cohort_ref = str(tmp_path / "missing.tsv")  # run_check fails on it
+    before = store.reg.resolve("cs/2").tags
+    lines: list[tuple[str, dict]] = []
+    outcome = execute(store, t, attempt, stop=threading.Event(),
+                      log=lambda event, **f: lines.append((event, f)))  # fmt: skip
+    assert outcome.state == "failed" and outcome.error and "missing.tsv" in outcome.error
+    assert store.reg.resolve("cs/2").tags == before  # no verdict written
+    assert store.verdict_for(t) is None
+    [failed] = store.attempts(t.key.digest)
+    assert failed.state == "failed" and "missing.tsv" in failed.tag("error")
+    assert [e for e, _ in lines] == ["started", "failed"]
+    assert all(f["key"] == t.key.digest for _, f in lines)

@@ -1,9 +1,10 @@
 """Exactly-once drift checks, with their durable state in the registry itself.
 
 A check is identified by its key: (candidate package sha256, baseline package sha256, cohort
-manifest sha256, policy sha256). Its verdict is the one ``drift check`` already records
-(:func:`drift.gate.check.record_verdict`: a drift run and the ``cordwatch.drift.*`` tags of
-the candidate version), so a check done by hand or by CI counts too.
+manifest sha256, policy sha256), for one candidate version. Its verdict is the one ``drift
+check`` already records (:func:`drift.gate.check.record_verdict`: a drift run and the
+``cordwatch.drift.*`` tags of the candidate version), so a check done by hand or by CI
+counts too.
 
 Each attempt at a check is claimed by *creating* an MLflow experiment named
 ``cordwatch-checks/<key digest>/<attempt>``. Experiment names are unique in every MLflow
@@ -57,8 +58,11 @@ class Interrupted(Exception):
 
 @dataclass(frozen=True)
 class CheckKey:
-    """What makes two checks the same check."""
+    """What makes two checks the same check: the four hashes, for one candidate version
+    (the same package registered again is a new version with no verdict yet: it is checked
+    once too, cheaply, from the cached morphometrics of its package)."""
 
+    candidate_ref: str
     candidate_sha256: str
     baseline_sha256: str
     cohort_sha256: str
@@ -66,15 +70,17 @@ class CheckKey:
 
     @property
     def digest(self) -> str:
-        """sha256 of the four hashes (hex, 32 characters): the name of the check."""
+        """sha256 of the version and the four hashes (hex, 32 characters): the check's name."""
         text = "|".join(
-            (self.candidate_sha256, self.baseline_sha256, self.cohort_sha256, self.policy_sha256)
-        )
+            (self.candidate_ref, self.candidate_sha256, self.baseline_sha256,
+             self.cohort_sha256, self.policy_sha256)
+        )  # fmt: skip
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def to_dict(self) -> dict[str, str]:
         return {
             "digest": self.digest,
+            "candidate_ref": self.candidate_ref,
             "candidate_sha256": self.candidate_sha256,
             "baseline_sha256": self.baseline_sha256,
             "cohort_sha256": self.cohort_sha256,
@@ -212,7 +218,7 @@ class CheckStore:
             return None
         cand = self.reg.resolve(f"{name}/{aliases[CANDIDATE_ALIAS]}")
         base = self.reg.resolve(f"{name}/{aliases[BASELINE_ALIAS]}")
-        key = CheckKey(cand.sha256, base.sha256, self.settings.cohort_sha256,
+        key = CheckKey(cand.ref, cand.sha256, base.sha256, self.settings.cohort_sha256,
                        self.settings.policy_sha256)  # fmt: skip
         return Target(name, cand, base, key)
 
