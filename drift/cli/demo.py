@@ -78,6 +78,7 @@ class DemoCheck:
     expected: tuple[str, ...]
     report: Path
     area_factors: dict[str, float]
+    promoted: bool = False
 
     @property
     def as_expected(self) -> bool:
@@ -126,7 +127,8 @@ def run_drift_demo(home: Path, out: Path, say: Callable[[str], None]) -> list[De
     plan = [
         ("the champion re-released as a zip (should pass)", rerelease, ("pass",), "pass"),
         (
-            "re-train of the champion with another seed (should pass the gate: pass or warn)",
+            "re-train of the champion with another seed (should not fail: pass, or warn = "
+            "not failed but not promotable under the default policy)",
             MODELS_DIR / "demo-good-seed2",
             ("pass", "warn"),
             "retrain",
@@ -178,5 +180,11 @@ def run_drift_demo(home: Path, out: Path, say: Callable[[str], None]) -> list[De
         )
         if chk.result.verdict == "pass":
             reg.promote(info.ref, "champion")
+            checks[-1].promoted = True
             say(f"{info.ref} promoted to champion (drift verdict pass)")
+        else:
+            say(
+                f"{info.ref} stays candidate: verdict {chk.result.verdict} is not promotable "
+                "(policy promotable: pass; `cordwatch models promote` refuses it)"
+            )
     return checks

@@ -103,6 +103,13 @@ def print_result(result: DriftResult, console: Console, *, all_levels: bool = Fa
         f"verdict: [{_STYLE[result.verdict]}]{result.verdict.upper()}[/] "
         f"({len(sets['paired'])} paired subjects, policy {result.provenance['policy_sha256'][:12]})"
     )
+    from drift.gate.report import identical_weights, next_step, version_refs
+
+    if identical_weights(result.provenance):
+        console.print("identical weights: same package sha256, the statistics are exact identity")
+    nxt = next_step(result, version_refs(result.provenance)[0]["ref"])
+    command = f": {nxt['command']}" if nxt["command"] else ""
+    console.print(escape(f"{nxt['text']}{command}"), soft_wrap=True)
 
 
 def emit_result(

@@ -66,8 +66,9 @@ def demo(
     """Run the main job on embedded defaults: phantom accuracy, then passing and failing drift
     checks of the demo models (sqlite registry, local artifacts, phantom cohort, CPU).
 
-    Exit 0 when every check ends as expected (the re-release and the re-train pass the gate,
-    the biased model fails it), 1 otherwise.
+    Exit 0 when every check ends as expected (the re-release passes and is promoted, the
+    re-train is not failed: pass, or warn = not promotable under the default policy; the
+    biased model fails), 1 otherwise.
     """
     import shutil
 
@@ -111,20 +112,21 @@ def demo(
     console.print("\n[bold]2. The gate[/]: demo models on the phantom cohort")
     checks = run_drift_demo(home.resolve(), out.resolve(), lambda m: console.print(f"[dim]{m}[/]"))
     result = Table(title="Drift checks (candidate vs champion)")
-    for col in ("check", "candidate", "verdict", "area scaling per level"):
+    for col in ("check", "candidate", "verdict", "champion?", "area scaling per level"):
         result.add_column(col)
     for chk in checks:
         factors = " ".join(f"{lv} {f:.3f}" for lv, f in chk.area_factors.items())
         style = "green" if chk.as_expected else "bold red"
-        result.add_row(chk.label, chk.candidate, f"[{style}]{chk.verdict}[/]", factors)
+        fate = "promoted" if chk.promoted else f"not promotable ({chk.verdict})"
+        result.add_row(chk.label, chk.candidate, f"[{style}]{chk.verdict}[/]", fate, factors)
     console.print(result)
     for chk in checks:
         console.print(f"{chk.verdict} report: {chk.report / 'report.html'}", soft_wrap=True)
     if not all(chk.as_expected for chk in checks):
         raise GateFailed("a demo check did not end as expected (see the table above)")
     console.print(
-        "every check ended as expected: the re-release and the re-train pass the gate, "
-        "the biased model fails it"
+        "every check ended as expected: the re-release passes and is promoted, the re-train "
+        "is not failed (a warn would stay candidate: not promotable), the biased model fails"
     )
 
 

@@ -34,20 +34,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from drift.gate.figures import (
-    figure_bland_altman,
-    figure_by_contrast,
-    figure_history,
-    figure_png,
-    figure_scaling_levels,
-    figure_slice_profile,
-    history_order,
-)
 from drift.gate.policy import DriftResult
 from drift.measure.levels import level_name
 from registry.fsutil import atomic_path
 
-__all__ = [
+_FIGURE_NAMES = (
     "figure_bland_altman",
     "figure_by_contrast",
     "figure_history",
@@ -55,6 +46,21 @@ __all__ = [
     "figure_scaling_levels",
     "figure_slice_profile",
     "history_order",
+)
+
+
+def __getattr__(name: str) -> Any:
+    # The figures live in drift.gate.figures; imported on first use so that the CLI's text
+    # output (verdict, next step) does not pay for matplotlib.
+    if name in _FIGURE_NAMES:
+        from drift.gate import figures
+
+        return getattr(figures, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    *_FIGURE_NAMES,
     "html_report",
     "markdown_summary",
     "render_report",
@@ -459,6 +465,14 @@ def _figure_builders(
     candidate_table: pd.DataFrame,
     history: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
+    from drift.gate.figures import (
+        figure_bland_altman,
+        figure_by_contrast,
+        figure_history,
+        figure_scaling_levels,
+        figure_slice_profile,
+    )
+
     metric = "area" if "area" in result.comparison.metrics else result.comparison.metrics[0]
     builders: dict[str, Any] = {
         "scaling_levels": lambda: figure_scaling_levels(result),
@@ -491,6 +505,8 @@ def render_figures(
     builders = _figure_builders(
         result, baseline_table=baseline_table, candidate_table=candidate_table, history=history
     )
+    from drift.gate.figures import figure_png
+
     return {key: figure_png(build()) for key, build in builders.items()}
 
 
@@ -506,6 +522,8 @@ def figure_timings(
     builders = _figure_builders(
         result, baseline_table=baseline_table, candidate_table=candidate_table, history=history
     )
+    from drift.gate.figures import figure_png
+
     for key, build in builders.items():
         start = time.perf_counter()
         figure_png(build())
