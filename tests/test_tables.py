@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +107,133 @@ def test_compare_on_normative_database_unchanged(shared_data: Path, tmp_path: Pa
         got = compare_document(src, candidate)
         assert got["tables"] == golden[name]["tables"], name
         assert got["json"] == golden[name]["json"], name
+
+
+# --------------------------------------------------------------------------------------------
+# The vectorised reader against the per-file one, on small folders
+# --------------------------------------------------------------------------------------------
+
+
+def _per_file(folder: Path):
+    """The reader cordwatch had before issue 14: read_sct_csv + sct_to_tidy per file."""
+    import pandas as pd
+
+    from drift.gate.tables import parse_csv_name
+    from drift.measure.sctcsv import read_sct_csv, sct_to_tidy
+
+    parts = []
+    for f in sorted(folder.glob("sub-*.csv")):
+        subject, contrast = parse_csv_name(f.name)
+        parts.append(sct_to_tidy(read_sct_csv(f), subject, contrast))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+_HEADER = "Timestamp,SCT Version,Filename,Slice (I->S),VertLevel,DistancePMJ,MEAN(area),STD(area)"
+_GATED = f"{_HEADER},MEAN(diameter_AP),MEAN(diameter_RL)"
+
+
+def test_odd_cells_read_as_the_per_file_reader_does(tmp_path: Path) -> None:
+    """Ranges, blanks, padded and decimal levels, text in a metric cell, a short (truncated)
+    last row and a file of the 29-column kind beside a 23-column one: same table as the
+    per-file pandas reader, including the column order of pandas' concat."""
+    import pandas as pd
+
+    from drift.gate.tables import read_csv_dir
+
+    folder = tmp_path / "odd"
+    _write(
+        folder,
+        "sub-01_T2w_PAM50.csv",
+        f"{_HEADER}\n"
+        "t,v,f,10,3,,70.5,0.0\n"
+        "t,v,f,11,2:4,,71.0,0.0\n"
+        "t,v,f,12,,,72.0,0.0\n"
+        "t,v,f,13, 4 ,,np.float64(3.0),0.0\n"
+        "t,v,f,14,4.0,,NA,0.0\n"
+        "t,v,f,15,5,,73.25,0.0\n"
+        "t,v,f,16,5",
+    )
+    _write(
+        folder,
+        "sub-02_T2w_PAM50.csv",
+        f"{_HEADER},MEAN(diameter_AP_ellipse),SUM(length)\n"
+        "t,v,f,20,2,,60.0,0.0,7.5,1.0\n"
+        "t,v,f,21,2,,61.0,0.0,,1.0\n",
+    )
+    _write(folder, "sub-03_T2w_PAM50.csv", f"{_HEADER}\nt,v,f,30,7,,80.0,0.0\n")
+    got, files = read_csv_dir(folder, "baseline")
+    assert len(files) == 3
+    pd.testing.assert_frame_equal(got, _per_file(folder))
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "not a readable CSV"),
+        (b"\xff\xfe\x00garbage\x00\n1,2\n", "not a readable CSV"),
+        (f"{_GATED}\nt,v,f,10,3,,70,0,8,12\nt,v,f,11,3,,70,0,8,12,x\n".encode(), "not a readable"),
+        (b"a,b,c\n1,2,3\n", "missing column"),
+    ],
+)
+def test_bad_file_in_a_folder_is_named_exit_2(tmp_path: Path, content: bytes, problem: str) -> None:
+    from typer.testing import CliRunner
+
+    from drift.cli.main import app
+
+    good = tmp_path / "good"
+    _write(good, "sub-01_T2w_PAM50.csv", f"{_GATED}\nt,v,f,10,3,,70.0,0.0,8.0,12.0\n")
+    _write(good, "sub-02_T2w_PAM50.csv", f"{_GATED}\nt,v,f,10,3,,71.0,0.0,8.1,12.1\n")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in good.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    (bad / "sub-02_T2w_PAM50.csv").write_bytes(content)
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(app, ["drift", "compare", str(good), str(bad), "--json", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sub-02_T2w_PAM50.csv" in lines[0] and problem in lines[0]
+    assert not out.exists()
+
+
+def test_progress_bar_keeps_json_and_stdout_clean(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the bar forced on (a terminal, no delay), ``--json`` is the same document and
+    stdout has no bar in it: the bar lives on stderr and erases itself."""
+    from typer.testing import CliRunner
+
+    from drift.cli.main import app
+    from drift.gate import tables
+
+    src = shared_data / "normative_r20250321" / "spinal_cord"
+    folder = tmp_path / "db"
+    folder.mkdir()
+    for f in sorted(src.glob("sub-*.csv"))[:12]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    docs, outs = [], []
+    for shown in (False, True):
+        if shown:
+            monkeypatch.setattr(tables, "PROGRESS_AFTER_S", 0.0)
+            monkeypatch.setenv("TTY_COMPATIBLE", "1")
+        out = tmp_path / f"out-{shown}.json"
+        result = CliRunner().invoke(
+            app, ["drift", "compare", str(folder), str(folder), "--json", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        docs.append(result_without_provenance(out))
+        outs.append(result)
+    assert docs[0] == docs[1]
+    assert "reading baseline" in outs[1].stderr and "reading baseline" not in outs[0].stderr
+    # stdout: the same text (colour codes aside, as TTY_COMPATIBLE turns them on there too)
+    plain = [
+        re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", r.stdout).replace(f"out-{shown}.json", "")
+        for r, shown in zip(outs, (False, True), strict=True)
+    ]
+    assert "reading" not in plain[1] and plain[0] == plain[1]

@@ -209,8 +209,8 @@ def compare(
     )
     console = Console()
     pol = load_policy(policy)
-    baseline, b_files = read_csv_dir(baseline_dir, "baseline")
-    candidate, c_files = read_csv_dir(candidate_dir, "candidate")
+    baseline, b_files = read_csv_dir(baseline_dir, "baseline", progress=True)
+    candidate, c_files = read_csv_dir(candidate_dir, "candidate", progress=True)
     b_subj = set(baseline["subject"])
     if not b_subj & set(candidate["subject"]):
         raise InputError(
