@@ -17,6 +17,8 @@ from drift.cli.drift import drift_app
 from drift.cli.models import models_app
 from drift.cli.morphometry import morphometry
 from drift.cli.normative import normative_app
+from drift.cli.policy import policy_app
+from drift.cli.release import release_app
 from drift.cli.serve import serve
 from registry.errors import GateFailed
 
@@ -138,6 +140,8 @@ app.add_typer(
 app.add_typer(drift_app, name="drift", help="Morphometric drift between two model versions.")
 app.add_typer(cohort_app, name="cohort", help="Frozen cohort manifests: list, show, verify.")
 app.add_typer(normative_app, name="normative", help="Normative databases linked to models.")
+app.add_typer(policy_app, name="policy", help="Policy file formats (JSON Schema).")
+app.add_typer(release_app, name="release", help="Steps of the gate and release workflows.")
 
 if __name__ == "__main__":  # pragma: no cover
     app()

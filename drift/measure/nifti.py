@@ -7,15 +7,27 @@ mm; nothing else in cordwatch touches nibabel for reading segmentations.
 from __future__ import annotations
 
 import gzip
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from nibabel import orientations
 
 from registry.errors import InputError
+
+# nibabel.nifti1 imports pydicom whenever it is installed (0.15-0.3 s, half of nibabel's import)
+# only to parse DICOM header extensions, which cordwatch never reads: block that one import
+# while nibabel loads (such extensions then stay raw bytes); a later `import pydicom` works.
+_BLOCK_PYDICOM = "pydicom" not in sys.modules and "nibabel" not in sys.modules
+if _BLOCK_PYDICOM:
+    sys.modules["pydicom"] = None  # type: ignore[assignment]
+try:
+    import nibabel as nib
+    from nibabel import orientations
+finally:
+    if _BLOCK_PYDICOM and "pydicom" in sys.modules and sys.modules["pydicom"] is None:
+        del sys.modules["pydicom"]
 
 RPI = ("L", "A", "S")
 
