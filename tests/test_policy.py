@@ -1,4 +1,4 @@
-"""drift.policy: the gate policy file, the conditions, the verdict and the JSON document."""
+"""drift.gate.policy: the gate policy file, the conditions, the verdict and the JSON document."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from drift import policy as pol
-from drift.compare import compare_tables
-from drift.policy import DEFAULT_POLICY, MetricMargins, Policy, drift_result, evaluate
+from drift.gate import policy as pol
+from drift.gate.compare import compare_tables
+from drift.gate.policy import DEFAULT_POLICY, MetricMargins, Policy, drift_result, evaluate
 from registry.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -383,3 +383,182 @@ def test_evaluate_is_pure_on_a_comparison(base: pd.DataFrame) -> None:
     assert evaluate(comp, DEFAULT_POLICY).verdict == "fail"
     assert evaluate(comp, strict).verdict == "pass"
     assert evaluate(comp, DEFAULT_POLICY) == evaluate(comp, DEFAULT_POLICY)
+
+
+# ---------------------------------------------------------------------------------------------
+# The file formats on pydantic models (issue 8 item 4)
+# ---------------------------------------------------------------------------------------------
+
+#: policy_sha256 of the default policy before the pydantic models: recorded with every verdict.
+DEFAULT_POLICY_SHA256 = "c4872fc098f62e15f26a5efa3b907fc0965bbbe845782133753291edbd849fb6"
+#: NormativePolicy.sha256 of reference_data/normative_policy.yaml, recorded in every rescale.
+DEFAULT_NORMATIVE_POLICY_SHA256 = "e788fc66795053e926f0f92fd31c88f755c48a2c01a6c33793fcb22dca136fb0"
+
+
+def test_policy_sha256_of_the_default_policy_is_unchanged() -> None:
+    from drift.normative.policy import load_normative_policy
+
+    assert pol.policy_sha256(pol.load_policy()) == DEFAULT_POLICY_SHA256
+    assert pol.policy_sha256(DEFAULT_POLICY) == DEFAULT_POLICY_SHA256
+    assert pol.policy_sha256(pol.load_policy(REPO / "reference_data" / "policy.yaml")) == (
+        DEFAULT_POLICY_SHA256
+    )
+    assert "promotable" not in DEFAULT_POLICY.to_dict()
+    assert load_normative_policy().sha256 == DEFAULT_NORMATIVE_POLICY_SHA256
+
+
+def test_promotable_defaults_to_pass_and_is_hashed_only_when_set(tmp_path: Path) -> None:
+    assert pol.load_policy().promotable == ("pass",)
+    path = tmp_path / "policy.yaml"
+    path.write_text("promotable: [pass]\n")
+    assert pol.policy_sha256(pol.load_policy(path)) == DEFAULT_POLICY_SHA256
+    path.write_text("promotable: [pass, warn]\n")
+    lenient = pol.load_policy(path)
+    assert lenient.promotable == ("pass", "warn")
+    assert lenient.to_dict()["promotable"] == ["pass", "warn"]
+    assert pol.parse_policy(lenient.to_dict()) == lenient
+    assert pol.policy_sha256(lenient) != DEFAULT_POLICY_SHA256
+    for text in ("promotable: [fail]\n", "promotable: []\n", "promotable: [pass, pass]\n"):
+        path.write_text(text)
+        with pytest.raises(InputError, match=r"key 'promotable': ") as err:
+            pol.load_policy(path)
+        assert str(err.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "metrics:\n  area: {fail_margin_pct: -1}\n",
+            "key 'metrics.area.fail_margin_pct': must be in (0, 100), got -1.0",
+        ),
+        (
+            "metrics:\n  area: {fail_margin_pct: 1, warn_margin_pct: 2}\n",
+            "key 'metrics.area.warn_margin_pct': must be in (0, fail_margin_pct=1.0], got 2.0",
+        ),
+        ("alpha: x\n", "key 'alpha': expected a number, got 'x'"),
+        ("min_subjects: true\n", "key 'min_subjects': expected an integer >= 3, got True"),
+        ("levels: [C2, X9]\n", "key 'levels': not a vertebral level name: 'X9'"),
+        ("metrics:\n  area: 3\n", "key 'metrics.area': expected a mapping, got 3"),
+        ("alpha: 0.05\nalpha: 0.1\n", "not valid YAML (duplicated key 'alpha'"),
+    ],
+)
+def test_policy_errors_name_the_file_and_the_key_path(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        pol.load_policy(path)
+    assert str(err.value).startswith(f"{path}: {message}"), str(err.value)
+
+
+def test_policy_files_over_the_size_cap_are_refused(tmp_path: Path) -> None:
+    from drift.gate.schema import MAX_YAML_BYTES
+
+    path = tmp_path / "policy.yaml"
+    path.write_text("# " + "x" * MAX_YAML_BYTES + "\nalpha: 0.05\n")
+    with pytest.raises(InputError, match="too large") as err:
+        pol.load_policy(path)
+    assert err.value.path == str(path)
+
+
+def test_the_json_schema_accepts_the_default_files_and_refuses_what_the_model_refuses() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+
+    from drift.gate.schema import json_schema
+    from drift.normative.policy import NormativePolicyFile, ScalingResult
+
+    gate = json.loads(json_schema(pol.PolicyFile, "gate"))
+    jsonschema.validate(yaml.safe_load((REPO / "reference_data" / "policy.yaml").read_text()), gate)
+    for bad in ({"alpah": 1}, {"alpha": 0.7}, {"metrics": {"area": {"warn_margin_pct": 1}}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, gate)
+    normative = json.loads(json_schema(NormativePolicyFile, "normative"))
+    text = (REPO / "reference_data" / "normative_policy.yaml").read_text()
+    jsonschema.validate(yaml.safe_load(text), normative)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"slice_factors": "median"}, normative)
+    scaling = json.loads(json_schema(ScalingResult, "scaling"))
+    base = level_table(n_subjects=8)
+    doc = drift_result(base, candidate_of(base, {})).to_dict()
+    jsonschema.validate(doc, scaling)
+
+
+def test_a_drift_result_document_is_a_valid_scaling_result(base: pd.DataFrame) -> None:
+    """The scaling-result model forbids unknown keys: every key DriftResult.to_dict writes must
+    be in it (a key added there without the model refuses every later rescale)."""
+    from drift.normative.policy import parse_scaling
+
+    doc = drift_result(base, candidate_of(base, {("area", 4): 0.98})).to_dict()
+    doc["provenance"] = {"baseline": {"ref": "m/1"}, "candidate": {"ref": "m/2"}}
+    scaling = parse_scaling(json.loads(json.dumps(doc)), "result.json")
+    c4 = scaling.levels[(scaling.levels["metric"] == "area") & (scaling.levels["level"] == 4)]
+    assert float(c4["scaling_factor"].iloc[0]) == pytest.approx(0.98, abs=0.005)
+    assert (scaling.baseline, scaling.candidate, scaling.verdict) == ("m/1", "m/2", doc["verdict"])
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        (
+            lambda d: d["metrics"]["area"]["levels"]["C3"].update(scaling_factr=1.0),
+            "drift result: unknown key 'metrics.area.levels.C3.scaling_factr'",
+        ),
+        (
+            lambda d: d["metrics"]["area"]["levels"]["C3"].update(scaling_factor="0.99"),
+            "drift result: key 'metrics.area.levels.C3.scaling_factor': expected a number",
+        ),
+        (
+            lambda d: d["metrics"]["area"]["levels"].update(X9={"scaling_factor": 1.0}),
+            "drift result: key 'metrics.area.levels.X9': not a vertebral level name",
+        ),
+        (
+            lambda d: d["metrics"]["area"].update(
+                slice_profile={
+                    "slice": [880, 881],
+                    "level": [3],
+                    "n": [9, 9],
+                    "scaling_factor": [1, 1],
+                }
+            ),
+            "drift result: key 'metrics.area.slice_profile': level has",
+        ),
+    ],
+)
+def test_bad_scaling_results_name_the_key(base: pd.DataFrame, patch, message: str) -> None:
+    from drift.normative.policy import parse_scaling
+
+    doc = json.loads(json.dumps(drift_result(base, candidate_of(base, {})).to_dict()))
+    patch(doc)
+    with pytest.raises(InputError) as err:
+        parse_scaling(doc, "result.json")
+    assert str(err.value).startswith(f"result.json: {message}"), str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["gate", "normative", "scaling"])
+def test_cli_policy_schema_prints_the_json_schema(kind: str) -> None:
+    from typer.testing import CliRunner
+
+    from drift.cli.main import app
+
+    result = CliRunner().invoke(app, ["policy", "schema", "--kind", kind])
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.stdout)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["type"] == "object" and schema["additionalProperties"] is False
+    assert kind in schema["title"] or (kind == "gate" and "gate" in schema["title"])
+    if kind == "gate":
+        assert "promotable" in schema["properties"]
+        assert CliRunner().invoke(app, ["policy", "schema"]).stdout == result.stdout
+
+
+def test_cli_policy_schema_refuses_an_unknown_kind() -> None:
+    from typer.testing import CliRunner
+
+    from drift.cli.main import app
+
+    result = CliRunner().invoke(app, ["policy", "schema", "--kind", "html"])
+    assert result.exit_code == 2

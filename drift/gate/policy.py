@@ -34,11 +34,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from drift.gate.compare import (
     METRIC_UNITS,
@@ -47,6 +47,7 @@ from drift.gate.compare import (
     compare_tables,
     tost_pvalue,
 )
+from drift.gate.schema import fail, load_yaml, validate
 from drift.measure.levels import level_name, level_number
 from registry.errors import InputError
 
@@ -62,6 +63,9 @@ _SEVERITY = {"skip": -1, "pass": 0, "warn": 1, "fail": 2}
 # The policy
 # --------------------------------------------------------------------------------------------
 
+#: Verdicts that may become champion when the policy names none (``promotable``).
+DEFAULT_PROMOTABLE: tuple[str, ...] = ("pass",)
+
 
 @dataclass(frozen=True)
 class MetricMargins:
@@ -76,7 +80,9 @@ class Policy:
     """A validated gate policy (see the module doc and ``reference_data/policy.yaml``).
 
     ``source`` (the file it came from) is informative only: it is not compared, not
-    serialised by :meth:`to_dict` and not part of :func:`policy_sha256`.
+    serialised by :meth:`to_dict` and not part of :func:`policy_sha256`. ``promotable`` (the
+    verdicts allowed to become champion) is serialised only when it is not the default
+    ``("pass",)``, so a policy without it hashes as it did before the key existed.
     """
 
     metrics: Mapping[str, MetricMargins]
@@ -86,10 +92,11 @@ class Policy:
     min_dice: float | None = None
     levels: tuple[str, ...] | None = None
     source: str | None = field(default=None, compare=False)
+    promotable: tuple[str, ...] = DEFAULT_PROMOTABLE
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML document of this policy (round-trips through :func:`parse_policy`)."""
-        return {
+        doc: dict[str, Any] = {
             "schema": 1,
             "alpha": self.alpha,
             "min_subjects": self.min_subjects,
@@ -101,6 +108,9 @@ class Policy:
                 for name, m in self.metrics.items()
             },
         }
+        if tuple(self.promotable) != DEFAULT_PROMOTABLE:
+            doc["promotable"] = list(self.promotable)
+        return doc
 
     def fail_margins(self) -> dict[str, float]:
         """Fail margins as fractions (0.01 = ±1 %), as :func:`~drift.gate.compare.compare_tables`
@@ -121,9 +131,6 @@ DEFAULT_POLICY = Policy(
     levels=None,
     source="builtin default",
 )
-
-_TOP_KEYS = ("schema", "alpha", "min_subjects", "min_coverage_pct", "min_dice", "levels")
-_METRIC_KEYS = ("fail_margin_pct", "warn_margin_pct")
 
 
 def policy_sha256(policy: Policy) -> str:
@@ -148,16 +155,151 @@ def _canonical(obj: Any) -> Any:
     return obj
 
 
-def _number(value: Any, key: str, source: str | None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InputError(f"key {key!r}: expected a number, got {value!r}", source)
-    return float(value)
+# The file format (pydantic): strict types, unknown keys refused, ranges in the JSON Schema.
+
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+#: What an out-of-range value should have been, per key (the rest say it themselves).
+_EXPECTED = {
+    "alpha": "must be in (0, 0.5)",
+    "min_subjects": "expected an integer >= 3",
+    "min_coverage_pct": "must be in [0, 100]",
+    "min_dice": "must be in (0, 1] or null",
+    "levels": "expected a non-empty list of level names or null",
+    "metrics": "expected a non-empty mapping of metric names",
+    "fail_margin_pct": "must be in (0, 100)",
+    "warn_margin_pct": "must be in (0, fail_margin_pct]",
+    "promotable": "expected a non-empty list of verdicts (pass, warn)",
+}
 
 
-def _unknown(keys: Sequence[Any], allowed: Sequence[str], where: str, source: str | None) -> None:
-    bad = [k for k in keys if k not in allowed]
-    if bad:
-        raise InputError(f"unknown key '{where}{bad[0]}' (allowed: {', '.join(allowed)})", source)
+def _ratio_metric(name: str) -> str:
+    if name not in RATIO_METRICS:
+        raise fail(f"not a ratio-scale metric (one of {', '.join(RATIO_METRICS)})")
+    return name
+
+
+class MetricFile(BaseModel):
+    """One gated metric: equivalence margins of its scaling factor, in percent."""
+
+    model_config = _STRICT
+
+    fail_margin_pct: float = Field(
+        gt=0, lt=100, allow_inf_nan=False, description="fail outside ±this % (TOST not shown)"
+    )
+    warn_margin_pct: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="warn outside ±this % (<= fail_margin_pct); null: pass or fail only",
+    )
+
+    @field_validator("warn_margin_pct")
+    @classmethod
+    def _within_fail(cls, warn: float | None, info: ValidationInfo) -> float | None:
+        fail_pct = info.data.get("fail_margin_pct")
+        if warn is not None and fail_pct is not None and not 0 < warn <= fail_pct:
+            raise fail(f"must be in (0, fail_margin_pct={fail_pct}], got {warn}")
+        return warn
+
+
+def _default_metrics() -> dict[str, MetricFile]:
+    return {
+        name: MetricFile(fail_margin_pct=m.fail_pct, warn_margin_pct=m.warn_pct)
+        for name, m in DEFAULT_POLICY.metrics.items()
+    }
+
+
+def _default_promotable() -> list[Literal["pass", "warn"]]:
+    return ["pass"]
+
+
+class PolicyFile(BaseModel):
+    """The gate policy file (``reference_data/policy.yaml``; see the comments there).
+
+    Missing keys take the default's values; ``metrics``, when given, replaces the default
+    metrics entirely.
+    """
+
+    model_config = _STRICT
+
+    schema_version: int = Field(default=1, alias="schema", description="format version: 1")
+    alpha: float = Field(
+        default=0.05, gt=0, lt=0.5, allow_inf_nan=False, description="TOST significance level"
+    )
+    min_subjects: int = Field(
+        default=5, ge=3, description="fewer in both versions: input error; at a level: fail"
+    )
+    min_coverage_pct: float = Field(
+        default=95.0,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="paired / baseline valid measurements per gated (metric, level), in %",
+    )
+    min_dice: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="minimum mean Dice of the candidate (when a Dice table is given)",
+    )
+    levels: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="levels to gate (C1..C7, T1..T12, L1..L5); null: C2..T1 where data exist",
+    )
+    metrics: dict[Annotated[str, AfterValidator(_ratio_metric)], MetricFile] = Field(
+        default_factory=_default_metrics,
+        min_length=1,
+        description="gated ratio-scale metrics and their margins",
+    )
+    promotable: list[Literal["pass", "warn"]] = Field(
+        default_factory=_default_promotable,
+        min_length=1,
+        description="verdicts allowed to become champion",
+    )
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, value: int) -> int:
+        if value != 1:
+            raise fail(f"only schema 1 is known, got {value!r}")
+        return value
+
+    @field_validator("levels")
+    @classmethod
+    def _level_names(cls, levels: list[str] | None) -> list[str] | None:
+        if levels is None:
+            return None
+        try:
+            names = [level_name(level_number(item)) for item in levels]
+        except ValueError as err:
+            raise fail(str(err)) from err
+        if len(set(names)) != len(names):
+            raise fail(f"duplicated level in {levels!r}")
+        return sorted(names, key=level_number)
+
+    @field_validator("promotable")
+    @classmethod
+    def _unique(cls, verdicts: list[str]) -> list[str]:
+        if len(set(verdicts)) != len(verdicts):
+            raise fail(f"duplicated verdict in {verdicts!r}")
+        return verdicts
+
+    def to_policy(self, source: str | None) -> Policy:
+        return Policy(
+            metrics={
+                str(name): MetricMargins(m.fail_margin_pct, m.warn_margin_pct)
+                for name, m in self.metrics.items()
+            },
+            alpha=self.alpha,
+            min_subjects=self.min_subjects,
+            min_coverage_pct=self.min_coverage_pct,
+            min_dice=self.min_dice,
+            levels=None if self.levels is None else tuple(self.levels),
+            source=source,
+            promotable=tuple(self.promotable),
+        )
 
 
 def parse_policy(data: Any, source: str | Path | None = None) -> Policy:
@@ -178,114 +320,8 @@ def parse_policy(data: Any, source: str | Path | None = None) -> Policy:
         data = {}
     if not isinstance(data, dict):
         raise InputError(f"expected a mapping of policy keys, got {type(data).__name__}", src)
-    _unknown(list(data), [*_TOP_KEYS, "metrics"], "", src)
-
-    schema = data.get("schema", 1)
-    if schema != 1 or isinstance(schema, bool):
-        raise InputError(f"key 'schema': only schema 1 is known, got {schema!r}", src)
-
-    alpha = _number(data.get("alpha", DEFAULT_POLICY.alpha), "alpha", src)
-    if not 0 < alpha < 0.5:
-        raise InputError(f"key 'alpha': must be in (0, 0.5), got {alpha}", src)
-
-    min_subjects = data.get("min_subjects", DEFAULT_POLICY.min_subjects)
-    if isinstance(min_subjects, bool) or not isinstance(min_subjects, int) or min_subjects < 3:
-        raise InputError(f"key 'min_subjects': expected an integer >= 3, got {min_subjects!r}", src)
-
-    cov = _number(
-        data.get("min_coverage_pct", DEFAULT_POLICY.min_coverage_pct), "min_coverage_pct", src
-    )
-    if not 0 <= cov <= 100:
-        raise InputError(f"key 'min_coverage_pct': must be in [0, 100], got {cov}", src)
-
-    min_dice = data.get("min_dice", DEFAULT_POLICY.min_dice)
-    if min_dice is not None:
-        min_dice = _number(min_dice, "min_dice", src)
-        if not 0 < min_dice <= 1:
-            raise InputError(f"key 'min_dice': must be in (0, 1] or null, got {min_dice}", src)
-
-    levels = data.get("levels", DEFAULT_POLICY.levels)
-    if levels is not None:
-        if not isinstance(levels, list) or not levels:
-            raise InputError(
-                f"key 'levels': expected a non-empty list of level names or null, got {levels!r}",
-                src,
-            )
-        names = []
-        for item in levels:
-            try:
-                names.append(level_name(level_number(str(item))))
-            except ValueError as err:
-                raise InputError(f"key 'levels': {err}", src) from err
-            if not isinstance(item, str):
-                raise InputError(f"key 'levels': expected level names, got {item!r}", src)
-        if len(set(names)) != len(names):
-            raise InputError(f"key 'levels': duplicated level in {levels!r}", src)
-        levels = tuple(sorted(names, key=level_number))
-
-    raw_metrics = data.get("metrics")
-    if raw_metrics is None and "metrics" not in data:
-        metrics = dict(DEFAULT_POLICY.metrics)
-    else:
-        if not isinstance(raw_metrics, dict) or not raw_metrics:
-            raise InputError("key 'metrics': expected a non-empty mapping of metric names", src)
-        metrics = {}
-        for name, spec in raw_metrics.items():
-            key = f"metrics.{name}"
-            if name not in RATIO_METRICS:
-                raise InputError(
-                    f"key {key!r}: not a ratio-scale metric (one of {', '.join(RATIO_METRICS)})",
-                    src,
-                )
-            if not isinstance(spec, dict):
-                raise InputError(f"key {key!r}: expected a mapping, got {spec!r}", src)
-            _unknown(list(spec), _METRIC_KEYS, f"{key}.", src)
-            if "fail_margin_pct" not in spec:
-                raise InputError(f"key '{key}.fail_margin_pct': missing", src)
-            fail = _number(spec["fail_margin_pct"], f"{key}.fail_margin_pct", src)
-            if not 0 < fail < 100:
-                raise InputError(
-                    f"key '{key}.fail_margin_pct': must be in (0, 100), got {fail}", src
-                )
-            warn = spec.get("warn_margin_pct")
-            if warn is not None:
-                warn = _number(warn, f"{key}.warn_margin_pct", src)
-                if not 0 < warn <= fail:
-                    raise InputError(
-                        f"key '{key}.warn_margin_pct': must be in (0, fail_margin_pct={fail}], "
-                        f"got {warn}",
-                        src,
-                    )
-            metrics[str(name)] = MetricMargins(fail, warn)
-
-    return Policy(
-        metrics=metrics,
-        alpha=alpha,
-        min_subjects=min_subjects,
-        min_coverage_pct=cov,
-        min_dice=min_dice,
-        levels=levels,
-        source=src,
-    )
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicated keys (PyYAML silently keeps the last one)."""
-
-
-def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicated key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+    doc: PolicyFile = validate(PolicyFile, data, src, expected=_EXPECTED)
+    return doc.to_policy(src)
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
@@ -296,14 +332,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
             return DEFAULT_POLICY
         path = DEFAULT_POLICY_PATH
     path = Path(path)
-    if not path.is_file():
-        raise InputError("policy file not found", path)
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(f"not valid YAML ({first})", path) from err
-    return parse_policy(data, path)
+    return parse_policy(load_yaml(path, "policy file"), path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,10 +30,6 @@ from drift.measure.sctcsv import (
     read_sct_csv,
 )
 from registry.errors import InputError
-
-if TYPE_CHECKING:
-    pass
-
 
 DATA_DIR = "spinal_cord"
 

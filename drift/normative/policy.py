@@ -1,8 +1,8 @@
 """The normative policy (when a rescale may stand in for a recompute) and the drift result
-format a rescale reads (``cordwatch drift check/compare --json``).
+format a rescale reads (``cordwatch drift check/compare --json``), each on a pydantic model.
 
-Both are validated strictly: unknown keys, duplicate YAML keys, wrong types or out-of-range
-values are an InputError naming the file (exit 2).
+Both are validated strictly (:mod:`drift.gate.schema`): unknown keys, duplicate YAML keys,
+wrong types or out-of-range values are an InputError naming the file and the key (exit 2).
 """
 
 from __future__ import annotations
@@ -10,20 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any, Literal
 
 import pandas as pd
-import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from drift.gate.schema import fail, load_yaml, validate
 from drift.measure.levels import level_number
 from registry.errors import InputError
-
-if TYPE_CHECKING:
-    pass
-
 
 #: Metrics a rescale multiplies by their own scaling factor (MEAN and STD columns); every
 #: other column (angles, eccentricity, solidity, orientation, lengths, ids) is left as it is.
@@ -78,65 +74,71 @@ class NormativePolicy:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (a repeated key would silently win)."""
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+_POLICY_EXPECTED = {
+    "max_slicewise_cov_pct": "must be a number >= 0",
+    "max_level_spread_pct": "must be a number >= 0",
+    "max_ci_width_pct": "must be a number >= 0 or null",
+    "min_subjects": "must be a positive integer",
+    "min_slice_pairs": "must be a positive integer",
+    "slice_factors": "must be one of ['profile', 'level']",
+    "uncovered_levels": "must be one of ['blank', 'refuse']",
+}
 
 
-def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
-    for key in keys:
-        if keys.count(key) > 1:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", node.start_mark
-            )
-    return loader.construct_mapping(node, deep=deep)
+def _percent(default: float | None, description: str) -> Any:
+    return Field(default=default, ge=0, allow_inf_nan=False, description=description)
 
 
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+class NormativePolicyFile(BaseModel):
+    """The normative policy file (``reference_data/normative_policy.yaml``; see its comments)."""
+
+    model_config = _STRICT
+
+    schema_version: int = Field(default=1, alias="schema", description="format version: 1")
+    max_slicewise_cov_pct: float = _percent(2.0, "largest slice-wise CoV of a level factor, %")
+    max_level_spread_pct: float = _percent(2.0, "largest (max - min) / mean of level factors, %")
+    max_ci_width_pct: float | None = _percent(
+        2.0, "widest 95 % CI of a level factor, % of it; null: not checked"
+    )
+    min_subjects: int = Field(default=5, ge=1, description="fewer: the level is uncovered")
+    slice_factors: Literal["profile", "level"] = Field(
+        default="profile", description="per-slice factor where measured, or the level's"
+    )
+    min_slice_pairs: int = Field(default=5, ge=1, description="pairs a slice factor needs")
+    uncovered_levels: Literal["blank", "refuse"] = Field(
+        default="blank", description="levels without a usable factor: emptied, or refused"
+    )
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_schema(cls, value: int) -> int:
+        if value != 1:
+            raise fail(f"schema must be 1, not {value!r}")
+        return value
 
 
 def parse_normative_policy(data: Any, source: str | Path | None = None) -> NormativePolicy:
     """Validate a policy document (a mapping); InputError naming ``source`` otherwise."""
     where = None if source is None else str(source)
-
-    def bad(message: str) -> InputError:
-        return InputError(f"normative policy: {message}", where)
-
-    if not isinstance(data, Mapping):
-        raise bad("expected a mapping of settings")
-    unknown = sorted(set(map(str, data)) - set(_POLICY_KEYS))
-    if unknown:
-        raise bad(f"unknown key(s) {unknown} (allowed: {list(_POLICY_KEYS)})")
-    if data.get("schema", 1) != 1:
-        raise bad(f"schema must be 1, not {data.get('schema')!r}")
-    defaults = NormativePolicy()
-
-    def number(key: str, *, optional: bool = False, integer: bool = False) -> Any:
-        value = data.get(key, getattr(defaults, key))
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad(f"{key} must be a number{' or null' if optional else ''}, not {value!r}")
-        if integer and (not float(value).is_integer() or value < 1):
-            raise bad(f"{key} must be a positive integer, not {value!r}")
-        if not math.isfinite(float(value)) or value < 0:
-            raise bad(f"{key} must be a finite number >= 0, not {value!r}")
-        return int(value) if integer else float(value)
-
-    def choice(key: str, allowed: Sequence[str]) -> str:
-        value = data.get(key, getattr(defaults, key))
-        if value not in allowed:
-            raise bad(f"{key} must be one of {list(allowed)}, not {value!r}")
-        return str(value)
-
+    if not isinstance(data, dict):
+        raise InputError("normative policy: expected a mapping of settings", where)
+    doc: NormativePolicyFile = validate(
+        NormativePolicyFile,
+        data,
+        where,
+        prefix="normative policy: ",
+        expected=_POLICY_EXPECTED,
+        verb="must be",
+    )
     return NormativePolicy(
-        max_slicewise_cov_pct=number("max_slicewise_cov_pct"),
-        max_level_spread_pct=number("max_level_spread_pct"),
-        max_ci_width_pct=number("max_ci_width_pct", optional=True),
-        min_subjects=number("min_subjects", integer=True),
-        slice_factors=choice("slice_factors", ("profile", "level")),
-        min_slice_pairs=number("min_slice_pairs", integer=True),
-        uncovered_levels=choice("uncovered_levels", ("blank", "refuse")),
+        max_slicewise_cov_pct=doc.max_slicewise_cov_pct,
+        max_level_spread_pct=doc.max_level_spread_pct,
+        max_ci_width_pct=doc.max_ci_width_pct,
+        min_subjects=doc.min_subjects,
+        slice_factors=doc.slice_factors,
+        min_slice_pairs=doc.min_slice_pairs,
+        uncovered_levels=doc.uncovered_levels,
         source=where,
     )
 
@@ -149,12 +151,115 @@ def load_normative_policy(path: str | Path | None = None) -> NormativePolicy:
         if path is None:
             return NormativePolicy(source="builtin default")
         raise InputError("policy file not found", target)
+    return parse_normative_policy(load_yaml(target, "policy file"), target)
+
+
+# --------------------------------------------------------------------------------------------
+# The scaling result: the drift result document a rescale reads
+# --------------------------------------------------------------------------------------------
+
+#: Not read by a rescale: any JSON value.
+_Reported = Any
+
+
+def _level_key(name: str) -> str:
     try:
-        data = yaml.load(target.read_text(encoding="utf-8"), Loader=_StrictLoader)
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        why = getattr(err, "problem", None) or err.__class__.__name__
-        raise InputError(f"not valid YAML ({why})", target) from err
-    return parse_normative_policy(data, target)
+        level_number(name)
+    except ValueError as err:
+        raise fail(str(err)) from err
+    return name
+
+
+class LevelEntry(BaseModel):
+    """One (metric, level) of a drift result; a rescale reads the first four fields."""
+
+    model_config = _STRICT
+
+    scaling_factor: float | None = Field(description="candidate / baseline (geometric mean)")
+    ci95: list[float | None] | None = Field(
+        default=None, min_length=2, max_length=2, description="bootstrap 95 % CI of the factor"
+    )
+    slicewise_cov: float | None = Field(default=None, description="CoV across slices, %")
+    n_subjects: int | None = Field(default=None, ge=0, description="paired subjects")
+    slicewise_mean_ratio: _Reported = None
+    tost_p: _Reported = None
+    wilcoxon_p: _Reported = None
+    ba_bias: _Reported = None
+    ba_loa: _Reported = None
+    icc: _Reported = None
+    status: _Reported = None
+    gated: _Reported = None
+    n_pairs: _Reported = None
+    n_baseline: _Reported = None
+    coverage: _Reported = None
+    tost_margin: _Reported = None
+    tost_ci: _Reported = None
+    log_ratio_mean: _Reported = None
+    log_ratio_sd: _Reported = None
+    ba_bias_pct: _Reported = None
+    ba_loa_pct: _Reported = None
+    baseline_mean: _Reported = None
+    candidate_mean: _Reported = None
+    n_slices: _Reported = None
+
+
+class SliceProfile(BaseModel):
+    """Per-PAM50-slice factors of one metric (parallel lists)."""
+
+    model_config = _STRICT
+
+    slice: list[int]
+    level: list[int]
+    n: list[int]
+    scaling_factor: list[float | None]
+    q025: list[float | None] | None = None
+    q975: list[float | None] | None = None
+
+    @model_validator(mode="after")
+    def _same_length(self) -> SliceProfile:
+        n = len(self.slice)
+        for name in ("level", "n", "scaling_factor", "q025", "q975"):
+            values = getattr(self, name)
+            if values is not None and len(values) != n:
+                raise fail(f"{name} has {len(values)} values, slice has {n}")
+        return self
+
+
+class MetricEntry(BaseModel):
+    """One metric of a drift result."""
+
+    model_config = _STRICT
+
+    levels: dict[Annotated[str, AfterValidator(_level_key)], LevelEntry]
+    slice_profile: SliceProfile | None = None
+    unit: _Reported = None
+    per_contrast: _Reported = None
+    contrast_spread: _Reported = None
+    outliers: _Reported = None
+    ground_truth: _Reported = None
+
+    @field_validator("slice_profile", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return value or None
+
+
+class ScalingResult(BaseModel):
+    """The drift result (``cordwatch drift check/compare --json``) as a rescale reads it."""
+
+    model_config = _STRICT
+
+    metrics: dict[str, MetricEntry]
+    verdict: str | None = None
+    provenance: dict[str, Any] | None = Field(
+        default=None, description="baseline/candidate: the model refs ({'ref': NAME/VERSION})"
+    )
+    conditions: _Reported = None
+    dice: _Reported = None
+    subjects: _Reported = None
+    policy: _Reported = None
+    settings: _Reported = None
+    units: _Reported = None
 
 
 @dataclass(frozen=True)
@@ -181,56 +286,44 @@ def _num(value: Any) -> float:
 def parse_scaling(doc: Any, source: str | Path | None = None) -> Scaling:
     """Validate the drift result JSON (``cordwatch drift check/compare --json``)."""
     where = None if source is None else str(source)
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("metrics"), Mapping):
+    if not isinstance(doc, dict) or not isinstance(doc.get("metrics"), dict):
         raise InputError("not a cordwatch drift result (no 'metrics' object)", where)
+    result: ScalingResult = validate(ScalingResult, doc, where, prefix="drift result: ")
     level_rows, profile_rows = [], []
-    for metric, entry in doc["metrics"].items():
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("levels"), Mapping):
-            raise InputError(f"drift result: metrics.{metric} has no 'levels' object", where)
-        for name, lv in entry["levels"].items():
-            try:
-                number = level_number(str(name))
-                ci = lv.get("ci95") or [None, None]
-                level_rows.append(
-                    {
-                        "metric": str(metric),
-                        "level": number,
-                        "scaling_factor": _num(lv["scaling_factor"]),
-                        "ci95_low": _num(ci[0]),
-                        "ci95_high": _num(ci[1]),
-                        "slicewise_cov": _num(lv.get("slicewise_cov")),
-                        "n_subjects": int(lv.get("n_subjects") or 0),
-                    }
-                )
-            except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
-                raise InputError(
-                    f"drift result: bad entry metrics.{metric}.levels.{name} ({err})", where
-                ) from err
-        prof = entry.get("slice_profile") or {}
-        if prof:
-            try:
-                n = len(prof["slice"])
-                for i in range(n):
-                    row = {
-                        "metric": str(metric),
-                        "slice": int(prof["slice"][i]),
-                        "level": int(prof["level"][i]),
-                        "n": int(prof["n"][i]),
-                        "scaling_factor": _num(prof["scaling_factor"][i]),
-                    }
-                    for extra in ("q025", "q975"):
-                        if extra in prof:
-                            row[extra] = _num(prof[extra][i])
-                    profile_rows.append(row)
-            except (KeyError, TypeError, ValueError, IndexError) as err:
-                raise InputError(
-                    f"drift result: bad metrics.{metric}.slice_profile ({err})", where
-                ) from err
-    prov = doc.get("provenance") or {}
+    for metric, entry in result.metrics.items():
+        for name, lv in entry.levels.items():
+            ci = lv.ci95 or [None, None]
+            level_rows.append(
+                {
+                    "metric": str(metric),
+                    "level": level_number(name),
+                    "scaling_factor": _num(lv.scaling_factor),
+                    "ci95_low": _num(ci[0]),
+                    "ci95_high": _num(ci[1]),
+                    "slicewise_cov": _num(lv.slicewise_cov),
+                    "n_subjects": int(lv.n_subjects or 0),
+                }
+            )
+        prof = entry.slice_profile
+        if prof is not None:
+            for i in range(len(prof.slice)):
+                row = {
+                    "metric": str(metric),
+                    "slice": prof.slice[i],
+                    "level": prof.level[i],
+                    "n": prof.n[i],
+                    "scaling_factor": _num(prof.scaling_factor[i]),
+                }
+                for extra in ("q025", "q975"):
+                    values = getattr(prof, extra)
+                    if values is not None:
+                        row[extra] = _num(values[i])
+                profile_rows.append(row)
+    prov = result.provenance or {}
 
     def ref(role: str) -> str | None:
-        value = prov.get(role) if isinstance(prov, Mapping) else None
-        if isinstance(value, Mapping):
+        value = prov.get(role)
+        if isinstance(value, dict):
             value = value.get("ref")
         return str(value) if value else None
 
@@ -252,5 +345,5 @@ def parse_scaling(doc: Any, source: str | Path | None = None) -> Scaling:
         ),
         baseline=ref("baseline"),
         candidate=ref("candidate"),
-        verdict=str(doc["verdict"]) if doc.get("verdict") else None,
+        verdict=str(result.verdict) if result.verdict else None,
     )

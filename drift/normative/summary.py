@@ -366,9 +366,10 @@ def zscore(
         )
         if not allow_model_mismatch:
             raise InputError(
-                message + " (use a database made with the same model, e.g. "
-                f"`cordwatch normative update {version.name} --model {subject_model} ...`, "
-                "or --allow-model-mismatch)",
+                # The override first: the CLI cuts an error line at 300 characters.
+                message + " (--allow-model-mismatch to go on anyway, or make a database with "
+                f"that model: `cordwatch normative update {version.name} --model "
+                f"{subject_model} ...`)",
                 path,
             )
         check = "mismatch-allowed"

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from drift import __version__
+from drift.gate.schema import MAX_JSON_BYTES, read_capped
 from drift.measure.levels import level_name
 from drift.measure.sctcsv import (
     write_sct_csv,
@@ -360,9 +361,7 @@ def _rescale(
     policy_path: str | Path | None,
 ) -> UpdateResult:
     policy = load_normative_policy(policy_path)
-    if not scaling_path.is_file():
-        raise InputError("drift result not found", scaling_path)
-    raw = scaling_path.read_bytes()
+    raw = read_capped(scaling_path, MAX_JSON_BYTES, "drift result")
     try:
         doc = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
