@@ -7,7 +7,9 @@ expressions GitHub would (a subset of the expression language: literals, propert
 and the status functions), honours ``if:``, ``GITHUB_OUTPUT``, ``GITHUB_ENV`` and
 ``GITHUB_STEP_SUMMARY``, and runs each script with ``bash -eo pipefail`` as the runner does.
 ``cordwatch``, ``gh`` and ``curl`` are stubs that record their arguments, so the tests assert
-what the workflows call and how they react to each exit code. :func:`cordwatch_invocations`
+what the workflows call and how they react to each exit code (``cordwatch release ...``, the
+workflow steps as commands, runs for real: it touches no registry; its logic is tested
+directly at the end of this module). :func:`cordwatch_invocations`
 lists every ``cordwatch`` command line of the workflows (arrays expanded) for a check against
 the real CLI.
 """
@@ -721,6 +723,11 @@ def finish(code=0, out=""):
 if prog == "cordwatch":
     words = [a for a in args if not a.startswith("-")]
     cmd = tuple(words[:2])
+    if cmd[:1] == ("release",):
+        # The workflow steps as commands (no registry: files in, outputs out): the real
+        # cordwatch, not logged (the log is what touches the registry).
+        real = pathlib.Path(sys.executable).with_name("cordwatch")
+        os.execv(real, [str(real), *args])
     if cfg.get("real_models") and cmd[:1] == ("models",):
         # The real registry CLI (its JSON shapes, its refusal to promote without a pass).
         with open(os.environ["STUB_LOG"], "a") as log:
@@ -1199,6 +1206,19 @@ def test_cordwatch_invocations_of_the_workflows() -> None:
         ("models", "promote"): {"--alias"},
         ("normative", "update"): {"--model", "--scaling", "--recompute"},
         ("normative", "export"): set(),
+        ("release", "candidate"): {"--name", "--model", "--local-only"},
+        ("release", "outputs"): set(),
+        ("release", "gated"): {"--tree", "--path"},
+        ("release", "record"): {
+            "--model",
+            "--version",
+            "--sha256",
+            "--baseline",
+            "--commit",
+            "--normative-name",
+            "--normative-version",
+            "--normative-mode",
+        },
     }
     checks = {inv.workflow: inv.argv for inv in found if inv.command == ("drift", "check")}
     assert checks["drift-gate.yml"][2:5] == ("$NAME@candidate", "--baseline", "$NAME@champion")
@@ -1682,7 +1702,7 @@ def test_gate_end_to_end_on_the_phantom_cohort(tmp_path: Path, cordwatch_home: P
     """The drift-gate job's own steps, with the real cordwatch, the demo models and a small
     phantom cohort on the CPU: the champion's weights pass, the biased model turns the job red,
     and both write the verdict summary (Markdown) to the step summary."""
-    from drift.cohort import PhantomRecipe, write_phantom_manifest
+    from drift.cohort.manifest import PhantomRecipe, write_phantom_manifest
     from registry.api import connect
 
     manifest = write_phantom_manifest(
@@ -1717,7 +1737,7 @@ def _cli_tree() -> dict[tuple[str, ...], set[str]]:
     """Every real ``cordwatch`` command path -> its option names."""
     import typer.main
 
-    from drift.cli import app
+    from drift.cli.main import app
 
     tree: dict[tuple[str, ...], set[str]] = {}
 
@@ -1754,3 +1774,149 @@ def test_workflows_call_only_real_commands_and_options() -> None:
             if opt.split("=")[0] not in tree[path]:
                 problems.append(f"{inv.workflow}/{inv.step}: {' '.join(path)} has no {opt}")
     assert problems == []
+
+
+# --------------------------------------------------------------------------------------------
+# The workflow steps as commands (drift.gate.release, cordwatch release ...)
+# --------------------------------------------------------------------------------------------
+def _repo(tmp_path: Path, manifest: str) -> Path:
+    root = tmp_path / "repo"
+    (root / "models" / "demo").mkdir(parents=True)
+    (root / "models" / "candidate.yaml").write_text(manifest)
+    return root
+
+
+def test_resolve_candidate_from_the_manifest_and_from_inputs(tmp_path: Path) -> None:
+    from drift.gate.release import resolve_candidate
+
+    root = _repo(tmp_path, "name: sc-demo\npath: models/demo\ndescription: 'a  b\n c'\n")
+    found = resolve_candidate(root)
+    assert found.outputs() == {
+        "name": "sc-demo",
+        "model": str((root / "models" / "demo").resolve()),
+        "kind": "path",
+        "description": "a b c",
+        "path": "models/demo",
+    }
+    url = resolve_candidate(root, "remote", "https://example.org/m.zip")
+    assert (url.kind, url.model, url.path, url.description) == (
+        "url",
+        "https://example.org/m.zip",
+        "",
+        "",
+    )
+    outside = resolve_candidate(root, "other", str(tmp_path))  # an input may point anywhere
+    assert outside.kind == "path" and outside.path == ""
+    assert resolve_candidate(root, local_only=True).path == "models/demo"
+
+
+@pytest.mark.parametrize(
+    ("manifest", "kwargs", "message"),
+    [
+        ("name: sc-demo\npath: /etc\n", {}, "candidate.yaml: the path must lie inside the repo"),
+        ("name: sc-demo\npath: nowhere\n", {}, "nowhere: model package not found"),
+        ("name: 'a b'\npath: models/demo\n", {}, "candidate.yaml: invalid model name 'a b'"),
+        ("name: x\npath: models/demo\nfoo: 1\n", {}, "candidate.yaml: expected the keys"),
+        ("name: [unclosed\n", {}, "candidate.yaml: cannot read the candidate manifest"),
+        ("name: x\npath: https://e.org/a b\n", {}, "invalid model URL"),
+        (
+            "name: x\npath: https://example.org/m.zip\n",
+            {"local_only": True},
+            "candidate.yaml: https://example.org/m.zip: model package not found in the repository",
+        ),
+        (
+            "name: x\npath: ../\n",
+            {"local_only": True},
+            "candidate.yaml: ../: model package not found in the repository",
+        ),
+    ],
+)
+def test_resolve_candidate_refusals(
+    tmp_path: Path, manifest: str, kwargs: dict[str, Any], message: str
+) -> None:
+    from drift.gate.release import resolve_candidate
+    from registry.errors import InputError
+
+    root = _repo(tmp_path, manifest)
+    with pytest.raises(InputError) as err:
+        resolve_candidate(root, **kwargs)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_gated_version_picks_the_newest_registration_of_the_package() -> None:
+    from drift.gate.release import gated_version
+    from registry.errors import InputError
+
+    def v(n: int, tree: str) -> dict[str, Any]:
+        return {"version": n, "sha256": f"{n:02d}" * 32, "tags": {"git_tree": tree}}
+
+    versions = [v(5, "t"), v(10, "t"), v(9, "t"), v(11, "other"), {"version": 12, "sha256": "x"}]
+    found = gated_version(versions, {"version": 4, "sha256": "04" * 32}, "t", "models/demo")
+    assert found.outputs() == {
+        "version": "10",  # 10 > 9 as integers, not as text
+        "sha256": "10" * 32,
+        "champion": "4",
+        "already": "false",
+    }
+    same = gated_version(versions, {"version": 3, "sha256": "10" * 32}, "t", "models/demo")
+    assert (same.version, same.already) == (3, True)
+    with pytest.raises(InputError, match=r"^models/demo: champion \(12\) is newer"):
+        gated_version(versions, {"version": 12, "sha256": "12" * 32}, "t", "models/demo")
+    with pytest.raises(InputError, match=r"^models/demo: no registered version has this package"):
+        gated_version(versions, {"version": 4, "sha256": "04" * 32}, "zz", "models/demo")
+
+
+def test_cli_release_outputs_and_record(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from drift.cli.main import app
+
+    runner = CliRunner()
+    doc = tmp_path / "register.json"
+    doc.write_text(json.dumps({"version": 7, "sha256": "ab", "n": {"v": 2}, "bad": "a\nb=c"}))
+    result = runner.invoke(app, ["release", "outputs", str(doc), "version", "sha256", "n.v"])
+    assert result.exit_code == 0 and result.stdout == "version=7\nsha256=ab\nv=2\n"
+    for key, why in (("missing", "no key 'missing'"), ("bad", "line break"), ("n", "single")):
+        result = runner.invoke(app, ["release", "outputs", str(doc), key])
+        assert result.exit_code == 2 and why in result.stderr, result.stderr
+        assert result.stdout == ""
+    out = tmp_path / "rec" / "promotion.json"
+    args = ["release", "record", str(out), "--model", "sc-demo", "--version", "7"]
+    args += ["--sha256", "07" * 32, "--baseline", "4", "--commit", "c" * 40]
+    args += ["--normative-name", "db", "--normative-version", "12", "--normative-mode", "scaling"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    expected = {
+        "model": "sc-demo",
+        "version": 7,
+        "sha256": "07" * 32,
+        "baseline_version": 4,
+        "git_commit": "c" * 40,
+        "normative": {"name": "db", "version": 12, "mode": "scaling"},
+    }
+    # The bytes the inline script wrote before (json.dump indent=2, then a newline).
+    assert out.read_text() == json.dumps(expected, indent=2) + "\n"
+    assert [p.name for p in out.parent.iterdir()] == ["promotion.json"]
+
+
+def test_cli_release_candidate_and_gated_print_workflow_outputs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from drift.cli.main import app
+
+    runner = CliRunner()
+    root = _repo(tmp_path, "name: sc-demo\npath: models/demo\n")
+    result = runner.invoke(app, ["release", "candidate", "--root", str(root), "--local-only"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "name=sc-demo"
+    assert "path=models/demo" in result.stdout.splitlines()
+    versions, champion = tmp_path / "versions.json", tmp_path / "champion.json"
+    versions.write_text(json.dumps([{"version": 2, "sha256": "b", "tags": {"git_tree": "t"}}]))
+    champion.write_text(json.dumps({"version": 1, "sha256": "a"}))
+    args = ["release", "gated", str(versions), str(champion), "--tree", "t", "--path", "m"]
+    result = runner.invoke(app, args)
+    assert result.stdout == "version=2\nsha256=b\nchampion=1\nalready=false\n"
+    champion.write_text("{not json")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and str(champion) in result.stderr

@@ -1,0 +1,109 @@
+"""``cordwatch release ...``: the steps of the drift-gate and release workflows that decide
+something, as commands (a thin shell over :mod:`drift.gate.release`).
+
+    cordwatch release candidate [--name NAME] [--model PATH|URL] [--local-only]
+    cordwatch release gated VERSIONS.json CHAMPION.json --tree GIT_OBJECT --path PATH
+    cordwatch release outputs FILE.json KEY [KEY ...]
+    cordwatch release record OUT.json --model NAME --version V --sha256 S --baseline V ...
+
+``candidate``, ``gated`` and ``outputs`` print ``key=value`` lines for ``$GITHUB_OUTPUT``.
+None of them talks to the registry: they read the files given (the JSON that ``cordwatch
+models list/show --json`` printed). Exit 2 with one line naming the file on bad input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from drift.cli.common import command
+
+release_app = typer.Typer(
+    help="Workflow steps as commands: the candidate, the gated version, outputs, the record.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@release_app.command("candidate")
+@command
+def candidate(
+    name: str = typer.Option("", "--name", help="Registry name (overrides the manifest's)."),
+    model: str = typer.Option(
+        "", "--model", help="Package path or https URL (overrides the manifest's)."
+    ),
+    root: Path = typer.Option(Path("."), "--root", help="The repository (default: here)."),
+    local_only: bool = typer.Option(
+        False,
+        "--local-only",
+        help="The package must be a path inside the repository (no URL): the release flow.",
+    ),
+) -> None:
+    """Resolve the candidate of models/candidate.yaml: name, model, kind, description, path."""
+    from drift.gate.release import output_lines, resolve_candidate
+
+    found = resolve_candidate(root, name, model, local_only=local_only)
+    typer.echo(output_lines(found.outputs()), nl=False)
+
+
+@release_app.command("gated")
+@command
+def gated(
+    versions: Path = typer.Argument(..., help="`cordwatch models list NAME --json` output."),
+    champion: Path = typer.Argument(..., help="`cordwatch models show NAME@champion --json`."),
+    tree: str = typer.Option(..., "--tree", help="Git object id of the package (git_tree tag)."),
+    path: str = typer.Option(..., "--path", help="The package's path (for messages)."),
+) -> None:
+    """The registered version of the package to promote: version, sha256, champion, already."""
+    from drift.gate.release import gated_version, output_lines, read_json_file
+
+    found = gated_version(
+        read_json_file(versions, "version list"),
+        read_json_file(champion, "champion version"),
+        tree,
+        path,
+    )
+    typer.echo(output_lines(found.outputs()), nl=False)
+
+
+@release_app.command("outputs")
+@command
+def outputs(
+    file: Path = typer.Argument(..., help="A JSON document cordwatch wrote (--json)."),
+    keys: list[str] = typer.Argument(..., help="Keys to print, dotted for nested ones."),
+) -> None:
+    """Print ``key=value`` lines of a JSON document's values (line breaks refused)."""
+    from drift.gate.release import output_lines, pick, read_json_file
+
+    typer.echo(output_lines(pick(read_json_file(file), keys, file)), nl=False)
+
+
+@release_app.command("record")
+@command
+def record(
+    out: Path = typer.Argument(..., help="Where to write promotion.json."),
+    model: str = typer.Option(..., "--model", help="Registry name of the promoted model."),
+    version: int = typer.Option(..., "--version", help="The promoted version."),
+    sha256: str = typer.Option(..., "--sha256", help="Its package sha256."),
+    baseline: int = typer.Option(..., "--baseline", help="The champion it replaces."),
+    commit: str = typer.Option(..., "--commit", help="The git commit of the release run."),
+    normative_name: str = typer.Option(..., "--normative-name", help="Normative database."),
+    normative_version: int = typer.Option(..., "--normative-version", help="Its new version."),
+    normative_mode: str = typer.Option(..., "--normative-mode", help="scaling or recompute."),
+) -> None:
+    """Write the promotion record a release attaches (JSON, written all at once)."""
+    from drift.gate.release import promotion_record, write_json_file
+
+    doc = promotion_record(
+        model=model,
+        version=version,
+        sha256=sha256,
+        baseline_version=baseline,
+        git_commit=commit,
+        normative_name=normative_name,
+        normative_version=normative_version,
+        normative_mode=normative_mode,
+    )
+    write_json_file(doc, out)
