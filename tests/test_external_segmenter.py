@@ -234,8 +234,12 @@ def test_external_segmenter_gated_against_nnunet_champion(tmp_path: Path) -> Non
     manifest = write_phantom_manifest(
         tmp_path / "cohorts",
         name="phantom-ext",
-        recipe=PhantomRecipe(n_subjects=3, seed=3, contrasts=("T2w",)),
+        recipe=PhantomRecipe(n_subjects=4, seed=3, contrasts=("T2w",)),
     )
+    policy = tmp_path / "policy.yaml"
+    default = (Path(__file__).resolve().parents[1] / "reference_data" / "policy.yaml").read_text()
+    assert "\nmin_subjects: 5\n" in default
+    policy.write_text(default.replace("\nmin_subjects: 5\n", "\nmin_subjects: 3\n"))
     reg = connect(None, home)
     champion = reg.register("cs", MODELS / "demo-good")
     reg.promote(champion.ref, "champion", force=True, reason="test: nnU-Net champion")
@@ -260,6 +264,8 @@ def test_external_segmenter_gated_against_nnunet_champion(tmp_path: Path) -> Non
         "--cohort",
         str(manifest),
         "--no-progress",
+        "--policy",
+        str(policy),
         "--json",
         str(result_path),
     )

@@ -511,3 +511,38 @@ def test_demo_model_cropped_versus_full_image(tmp_path: Path, demo_predictor) ->
             )
         shift = (areas["crop"] / areas["full"] - 1).abs()
         assert shift.max() < 0.08  # measured 0.5-4.8 % per level at these paddings
+
+
+@pytest.mark.slow
+def test_registered_sct_package_runs_from_the_registry(tmp_path: Path) -> None:
+    """Pulled from the registry, verified against its manifest (the results folder one level
+    below the package root), a 2-fold ensemble, cropped by the ground truth: it segments."""
+    from registry.api import connect
+
+    pkg = sct_package(tmp_path / "release", folds=("0", "1"))
+    archive = zip_flat(pkg, tmp_path / "release.zip")
+    reg = connect(None, tmp_path / "home")
+    info = reg.register("cord", archive)
+    manifest = reg.resolve(info.ref, manifest=True).manifest
+    assert manifest is not None
+    root = tmp_path / "cohort"
+    table = write_cohort(root, n_subjects=2, contrasts=("T2w",), seed=6)
+    images = [
+        (f"{r.participant_id}/T2w", root / r.image, r.image_sha256) for r in table.itertuples()
+    ]
+    crops = {f"{r.participant_id}/T2w": root / r.gt_seg for r in table.itertuples()}
+    results = segment_cohort(
+        reg.pull(info.ref),
+        info.sha256,
+        images,
+        tmp_path / "cache",
+        device="cpu",
+        progress=False,
+        package_manifest={f.path: f.sha256 for f in manifest.files},
+        crop_sources=crops,
+    )
+    assert [r.status for r in results] == ["ok", "ok"], [r.error for r in results]
+    for r, row in zip(results, table.itertuples(), strict=True):
+        seg = np.asarray(nib.load(r.seg_path).dataobj)
+        gt = np.asarray(nib.load(root / row.gt_seg).dataobj)
+        assert _dice(seg, gt) >= 0.9
