@@ -100,7 +100,7 @@ def create_app(
         title="cordwatch",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/api/docs",
+        docs_url=None,  # Swagger UI loads from a CDN: the schema alone is served
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )

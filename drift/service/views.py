@@ -91,10 +91,13 @@ def overview(reg: Registry, monitor: Monitor) -> dict[str, Any]:
             "registry": reg.settings.redacted_uri}  # fmt: skip
 
 
-def _area_levels(result: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+GATED_METRICS = ("area", "diameter_AP", "diameter_RL")
+
+
+def _metric_levels(result: dict[str, Any] | None, metric: str) -> dict[str, dict[str, Any]]:
     if not result:
         return {}
-    levels = result.get("metrics", {}).get("area", {}).get("levels", {})
+    levels = result.get("metrics", {}).get(metric, {}).get("levels", {})
     return {
         lv: {k: v.get(k) for k in _LEVEL_KEYS} for lv, v in levels.items() if v.get("n_subjects")
     }
@@ -130,7 +133,8 @@ def model_page(reg: Registry, name: str) -> dict[str, Any]:
                 "verdict": _verdict_of(info.tags),
                 "baseline": info.tags.get("cordwatch.drift.baseline"),
                 "drift_run_id": run_id,
-                "area": _area_levels(result),
+                "area": _metric_levels(result, "area"),
+                "diameters": {m: _metric_levels(result, m) for m in GATED_METRICS[1:]},
             }
         )
     history = csa_history(reg, name)
@@ -189,7 +193,7 @@ def version_page(reg: Registry, name: str, version: int) -> dict[str, Any]:
     for run in runs:
         result = drift_result(reg, run["run_id"]) if run["status"] == "FINISHED" else None
         run["dice"] = (result or {}).get("dice")
-        run["area"] = _area_levels(result)
+        run["metrics"] = {m: _metric_levels(result, m) for m in GATED_METRICS}
         run["conditions"] = [
             c for c in (result or {}).get("conditions", []) if c.get("status") in ("fail", "warn")
         ]
