@@ -288,3 +288,43 @@ def test_markdown_escapes_user_strings() -> None:
     # Outside code spans (where nothing is HTML) every "<" is escaped.
     outside = re.sub(r"`[^`\n]*`", "", md)
     assert "<img" not in outside and "&lt;img src=x" in outside
+
+
+def test_qc_targets_and_images(tmp_path: Path, failing) -> None:
+    from drift.gate import qc
+
+    res, base, cand = failing
+    targets = qc.qc_targets(res, per_level=2)
+    failing_c4 = [t for t in targets if t.reason == "failing level"]
+    assert [t.level for t in failing_c4] == [4, 4]  # the two largest changes at C4
+    subj = res.comparison.subjects
+    c4 = subj[(subj["metric"] == "area") & (subj["level"] == 4)]
+    largest = c4.assign(a=c4["log_ratio"].abs()).nlargest(2, "a")["subject"].tolist()
+    assert [t.subject for t in failing_c4] == largest
+    # An axial slice with two contours: a disc and a 3 % larger disc.
+    yy, xx = np.mgrid[:40, :40]
+    r2 = (xx - 20.0) ** 2 + (yy - 20.0) ** 2
+    b = np.repeat((r2 < 25)[:, :, None], 5, axis=2).astype(float)
+    c = np.repeat((r2 < 26.5)[:, :, None], 5, axis=2).astype(float)
+    z = qc.worst_slice(b, c, np.array([3, 3, 4, 4, 5]), 4)
+    assert z == 2
+    png = qc.qc_image(
+        np.random.default_rng(0).random((40, 40, 5)),
+        b,
+        c,
+        z,
+        title="t",
+        labels={"baseline": "cs/1", "candidate": "cs/2"},
+    )
+    assert png.startswith(PNG_MAGIC)
+    paths = report.write_report(
+        res,
+        tmp_path,
+        baseline_table=base,
+        candidate_table=cand,
+        qc={"C4_sub-01_T2w": ("sub-01 T2w, C4, slice 2", png)},
+    )
+    assert paths["qc:C4_sub-01_T2w"].read_bytes() == png
+    page = paths["html"].read_text()
+    assert "id='qc'" in page and "sub-01 T2w, C4, slice 2" in page
+    assert "[sub-01 T2w, C4, slice 2](qc/C4_sub-01_T2w.png)" in paths["markdown"].read_text()

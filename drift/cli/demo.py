@@ -165,6 +165,7 @@ def run_drift_demo(home: Path, out: Path, say: Callable[[str], None]) -> list[De
             baseline_table=chk.baseline_table,
             candidate_table=chk.candidate_table,
             history=chk.history,
+            qc=chk.qc,
         )
         record_verdict(chk, outputs)
         area = chk.result.to_dict()["metrics"]["area"]["levels"]

@@ -121,6 +121,7 @@ def emit_result(
     candidate_table: pd.DataFrame,
     history: pd.DataFrame | None = None,
     console: Console | None = None,
+    qc: dict[str, tuple[str, bytes]] | None = None,
 ) -> dict[str, Path]:
     """Write ``--json`` and ``--report`` (the report is rendered fully before anything is
     written, each file atomically) and print where they are. Returns the paths written, keyed
@@ -136,6 +137,7 @@ def emit_result(
             baseline_table=baseline_table,
             candidate_table=candidate_table,
             history=history,
+            qc=qc,
         )
     written: dict[str, Path] = {}
     if rendered is not None and report_dir is not None:
@@ -344,6 +346,7 @@ def check(
         candidate_table=chk.candidate_table,
         history=chk.history,
         console=console,
+        qc=chk.qc,
     )
     run_id = record_verdict(chk, outputs, registry)
     console.print(

@@ -87,6 +87,8 @@ class Measured:
     table: pd.DataFrame  # tidy: subject, contrast, level, slice, metrics
     failures: list[dict[str, str]] = field(default_factory=list)
     dice: pd.DataFrame | None = None  # subject, contrast, dice (vs ground truth)
+    # "subject/contrast" -> segmentation cache key (for QC images; empty when unknown)
+    seg_keys: dict[str, str] = field(default_factory=dict)
 
 
 def measure_cohort(
@@ -210,7 +212,12 @@ def load_morphometry_run(reg: Registry, run_id: str) -> Measured:
         dice = pd.read_parquet(reg.client.download_artifacts(run_id, "dice.parquet", tmp))
         fail_path = Path(reg.client.download_artifacts(run_id, "failures.json", tmp))
         failures = json.loads(fail_path.read_text())
-    return Measured(to_wide(long), failures, dice)
+        try:  # runs logged before QC images existed have no segmentations.json
+            keys_path = reg.client.download_artifacts(run_id, "segmentations.json", tmp)
+            seg_keys = json.loads(Path(keys_path).read_text())
+        except Exception:  # any failure: no QC images, nothing else changes
+            seg_keys = {}
+    return Measured(to_wide(long), failures, dice, seg_keys)
 
 
 def log_morphometry_run(
@@ -240,7 +247,14 @@ def log_morphometry_run(
             dice.to_parquet(Path(tmp) / "dice.parquet", index=False)
             (Path(tmp) / "failures.json").write_text(json.dumps(measured.failures, indent=2))
             (Path(tmp) / "provenance.json").write_text(json.dumps(provenance, indent=2))
-            names = ("morphometrics.parquet", "dice.parquet", "failures.json", "provenance.json")
+            (Path(tmp) / "segmentations.json").write_text(json.dumps(measured.seg_keys))
+            names = (
+                "morphometrics.parquet",
+                "dice.parquet",
+                "failures.json",
+                "provenance.json",
+                "segmentations.json",
+            )
             for name in names:
                 reg.client.log_artifact(run_id, str(Path(tmp) / name))
         summary = level_summary(measured.table)
@@ -322,6 +336,7 @@ def evaluate_version(
     measured = measure_cohort(cohort.items, root, seg_paths)
     measured.failures = failures + measured.failures
     measured.dice = dice_against_truth(cohort.items, root, seg_paths)
+    measured.seg_keys = {r.key: r.cache_key for r in results if r.status == "ok" and r.cache_key}
     if len(measured.failures) < len(cohort.items):
         log_morphometry_run(reg, info, cohort, measured, provenance)
     return measured

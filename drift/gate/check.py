@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,6 +97,31 @@ def history_with(history: pd.DataFrame, tables: dict[int, pd.DataFrame]) -> pd.D
     both = pd.concat([history, pd.DataFrame(rows, columns=["version", "level", "area"])])
     both = both.drop_duplicates(["version", "level"], keep="last")
     return both.sort_values(["version", "level"]).reset_index(drop=True)
+
+
+def check_qc_images(
+    result: DriftResult,
+    cohort: Cohort,
+    root: Path,
+    measured: dict[str, Measured],
+    cache_dir: Path,
+    say: Callable[[str], None],
+) -> dict[str, tuple[str, bytes]]:
+    """QC images (drift.gate.qc) from the cached segmentations of both versions; none when a
+    version's segmentations are not in the cache. Never raises: QC only illustrates."""
+    from drift.cohort.inference import cached_segmentation
+    from drift.gate.qc import qc_images
+
+    seg_paths: dict[str, dict[str, Path]] = {}
+    for role, m in measured.items():
+        found = {k: cached_segmentation(cache_dir, v) for k, v in m.seg_keys.items()}
+        seg_paths[role] = {k: p for k, p in found.items() if p is not None}
+    refs = {role: str(result.provenance.get(role, {}).get("ref", role)) for role in measured}
+    try:
+        return qc_images(result, cohort, root, seg_paths, labels=refs)
+    except Exception as err:  # QC never changes a verdict
+        say(f"QC images skipped: {err}")
+        return {}
 
 
 def run_check(
@@ -180,7 +205,9 @@ def run_check(
             "failures": {role: m.failures for role, m in measured.items()},
         },
     )
+    qc = check_qc_images(result, cohort, cohort_root, measured, cache_dir, say)
     return CheckResult(
+        qc=qc,
         result=result,
         baseline=baseline,
         candidate=candidate,
@@ -232,6 +259,7 @@ def record_verdict(
                     baseline_table=check.baseline_table,
                     candidate_table=check.candidate_table,
                     history=check.history,
+                    qc=check.qc,
                 )
             for key, path in outputs.items():
                 if key in ("html", "markdown"):
