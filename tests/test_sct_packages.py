@@ -347,6 +347,20 @@ def test_crop_and_uncrop_place_the_prediction_exactly(tmp_path: Path) -> None:
     assert soft.dtype == np.float32 and 0 < soft.max() <= 1  # soft output survives uncrop
 
 
+def test_plain_nnunet_cache_keys_are_unchanged() -> None:
+    """Existing caches stay valid: without a pipeline the key is the old payload's hash."""
+    from dataclasses import asdict
+
+    from drift.cohort.inference import InferenceSettings, cache_key
+
+    settings = InferenceSettings(nnunetv2="2.6.0", torch="2.13.0")
+    old = asdict(settings)
+    old.pop("pipeline")
+    payload = {"package_sha256": "a" * 64, "image_sha256": "b" * 64, "settings": old}
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    assert cache_key("a" * 64, "b" * 64, settings) == hashlib.sha256(blob).hexdigest()
+
+
 def test_keep_largest_and_fill_holes_as_sct() -> None:
     seg = np.zeros((9, 9, 9), dtype=np.uint8)
     seg[1:8, 1:8, 1:8] = 1
@@ -355,6 +369,11 @@ def test_keep_largest_and_fill_holes_as_sct() -> None:
     kept = sp.keep_largest_component(seg)
     assert kept[0, 0, 0] == 0 and kept.sum() == 7**3 - 1
     assert sp.fill_holes(kept).sum() == 7**3
+    soft = seg.astype(np.float32) * 0.8
+    soft[2, 2, 2] = 0.0005  # below SCT's 0.001: zeroed
+    kept_soft = sp.keep_largest_component(soft)
+    assert kept_soft[0, 0, 0] == 0 and kept_soft[2, 2, 2] == 0
+    assert np.isclose(kept_soft.max(), 0.8)  # soft values kept
 
 
 # -- the cache key and provenance distinguish pipelines ------------------------------------------
