@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from drift.gate.compare import METRIC_UNITS, level_means
 from drift.gate.policy import DriftResult
@@ -107,6 +108,11 @@ def _figure(width: float, height: float, **margins: float) -> Figure:
     return fig
 
 
+def _title(ax: Any, text: str, fontsize: float = 10) -> None:
+    # A plain text above the axes: set_title would re-measure every tick label at each draw.
+    ax.text(0.5, 1.015, text, transform=ax.transAxes, ha="center", va="bottom", fontsize=fontsize)
+
+
 def _margins(result: DriftResult, metric: str) -> tuple[float | None, float | None]:
     m = result.policy.metrics.get(metric)
     return (None, None) if m is None else (m.fail_pct, m.warn_pct)
@@ -181,7 +187,7 @@ def figure_scaling_levels(result: DriftResult) -> Figure:
                     zorder=3,
                 )
         ax.set_xticks(x, lv["level_name"].tolist())
-        ax.set_title(f"{metric}: {_margin_text(fail, warn)}", fontsize=10)
+        _title(ax, f"{metric}: {_margin_text(fail, warn)}", fontsize=10)
         ax.set_xlabel("vertebral level")
         span = (fail or 1) / 100 * 1.5
         ymin = np.nanmin(np.r_[lo, 1 - span]) if lo.size else 1 - span
@@ -313,12 +319,14 @@ def figure_bland_altman(result: DriftResult, metric: str = "area") -> Figure:
         finite = np.abs(np.r_[diff, loas][np.isfinite(np.r_[diff, loas])])
         extent = max(extent, float(finite.max()) if finite.size else 0.0)
         pct = 0.0 if bias == 0 else row.ba_bias_pct
-        ax.set_title(f"{row.level_name}: bias {bias:+.3g} {unit} ({pct:+.2f} %)", fontsize=9)
+        _title(ax, f"{row.level_name}: bias {bias:+.3g} {unit} ({pct:+.2f} %)", fontsize=9)
         ax.tick_params(labelsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(5))
     if extent > 0:
         axes[0].set_ylim(-1.15 * extent, 1.15 * extent)
     for ax in axes[len(lv) :]:
-        ax.set_axis_off()
+        ax.remove()
     fig.supxlabel(f"mean of baseline and candidate {_label(metric)}", fontsize=9)
     fig.supylabel(f"candidate - baseline ({unit or 'unitless'})", fontsize=9)
     fig.suptitle(
@@ -365,7 +373,7 @@ def figure_by_contrast(
             ax.vlines(x, q[0.25], q[0.75], color=colour, lw=5, alpha=0.6)
             ax.plot(x, q[0.5], "o", color="black", ms=3, ls="none")
         ax.set_xticks(np.arange(len(levels)), [level_name(lev) for lev in levels], fontsize=8)
-        ax.set_title(contrast, fontsize=10)
+        _title(ax, contrast, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel(_label(metric) + "\nsubject level means")
     entries = [
