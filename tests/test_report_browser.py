@@ -154,3 +154,52 @@ def test_first_screen_in_chromium(browser: Any, verdict: str, tmp_path: Path) ->
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
     print(f"\nscreenshot ({verdict}): {shot}")
+
+
+def screenshot_reports(reports: list[Path], out_dir: Path) -> list[Path]:
+    """Screenshot the first 1,000 px of each report.html (e.g. the demo's pass/retrain/fail
+    reports) into ``out_dir``; used by ``python tests/test_report_browser.py REPORT...``."""
+    import tempfile
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,1000",
+    ):
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    shots = []
+    try:
+        for page in reports:
+            driver.get(page.resolve().as_uri())
+            shot = out_dir / f"{page.parent.name}.png"
+            driver.save_screenshot(str(shot))
+            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            print(f"{page}: {shot} ({len(errors)} console errors)")
+            shots.append(shot)
+    finally:
+        driver.quit()
+    return shots
+
+
+if __name__ == "__main__":
+    import sys
+    import tempfile
+
+    screenshot_reports(
+        [Path(p) for p in sys.argv[1:]], Path(tempfile.mkdtemp(prefix="report-shots-"))
+    )
