@@ -565,3 +565,56 @@ def test_registered_sct_package_runs_from_the_registry(tmp_path: Path) -> None:
         seg = np.asarray(nib.load(r.seg_path).dataobj)
         gt = np.asarray(nib.load(root / row.gt_seg).dataobj)
         assert _dice(seg, gt) >= 0.9
+
+
+@pytest.mark.slow
+def test_drift_check_runs_the_sct_pipeline_with_the_ground_truth_box(tmp_path: Path) -> None:
+    """The champion (plain nnU-Net) against the same weights released in SCT's layout: the
+    check crops the candidate's images by the cohort's ground truth and records the pipeline
+    with its morphometrics."""
+    from drift.cohort.evaluate import MORPHOMETRY_EXPERIMENT
+    from drift.cohort.manifest import PhantomRecipe, write_phantom_manifest
+    from registry.api import connect
+
+    home = tmp_path / "home"
+    manifest = write_phantom_manifest(
+        tmp_path / "cohorts",
+        name="phantom-sct",
+        recipe=PhantomRecipe(n_subjects=3, seed=3, contrasts=("T2w",)),
+    )
+    policy = tmp_path / "policy.yaml"
+    default = (REPO / "reference_data" / "policy.yaml").read_text()
+    policy.write_text(default.replace("\nmin_subjects: 5\n", "\nmin_subjects: 3\n"))
+    reg = connect(None, home)
+    champion = reg.register("cs", DEMO)
+    reg.promote(champion.ref, "champion", force=True, reason="test: plain nnU-Net champion")
+    archive = zip_flat(sct_package(tmp_path / "release"), tmp_path / "release.zip")
+    candidate = reg.register("cs", archive, alias="candidate")
+    result_path = tmp_path / "result.json"
+    code, _out, err = cli(
+        home,
+        "drift",
+        "check",
+        "cs@candidate",
+        "--baseline",
+        "cs@champion",
+        "--cohort",
+        str(manifest),
+        "--no-progress",
+        "--policy",
+        str(policy),
+        "--json",
+        str(result_path),
+    )
+    assert code in (0, 1), err
+    result = json.loads(result_path.read_text())
+    assert result["provenance"]["failures"] == {"baseline": [], "candidate": []}
+    exp = reg.client.get_experiment_by_name(MORPHOMETRY_EXPERIMENT)
+    runs = reg.client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`cordwatch.package_sha256` = '{candidate.sha256}'",
+    )
+    local = reg.client.download_artifacts(runs[0].info.run_id, "provenance.json", str(tmp_path))
+    pipeline = json.loads(Path(local).read_text())["inference"]["pipeline"]
+    assert pipeline["kind"] == "sct-nnunet" and pipeline["box_source"] == "gt_seg"
+    assert dict(pipeline["crop_padding"]) == PADS
