@@ -328,3 +328,11 @@ def test_qc_targets_and_images(tmp_path: Path, failing) -> None:
     page = paths["html"].read_text()
     assert "id='qc'" in page and "sub-01 T2w, C4, slice 2" in page
     assert "[sub-01 T2w, C4, slice 2](qc/C4_sub-01_T2w.png)" in paths["markdown"].read_text()
+
+
+def test_docs_api_examples() -> None:
+    import doctest
+
+    api = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+    res = doctest.testfile(str(api), module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert res.attempted > 20 and res.failed == 0
