@@ -278,3 +278,26 @@ def test_external_segmenter_gated_against_nnunet_champion(tmp_path: Path) -> Non
     tags = reg.resolve("cs@candidate").tags
     assert tags["cordwatch.package.format"] == "external-segmenter"
     assert tags["cordwatch.drift.verdict"] in ("pass", "warn", "fail")
+
+
+def test_soft_segmenter_output_is_kept_soft(tmp_path: Path) -> None:
+    pkg = segmenter_package(
+        tmp_path / "seg",
+        command="{python} {package}/soft.py {image} {output}",
+        files=["soft.py"],
+    )
+    (pkg / "soft.py").write_text(
+        "import sys\nimport nibabel as nib\nimport numpy as np\n"
+        "img = nib.load(sys.argv[1])\n"
+        "data = np.asarray(img.dataobj, dtype=np.float32)\n"
+        "nib.save(nib.Nifti1Image((data > 0.5) * np.float32(0.3), img.affine), sys.argv[2])\n"
+    )
+    spec = json.loads((pkg / "cordwatch-segmenter.yaml").read_text()) | {"output": "soft"}
+    (pkg / "cordwatch-segmenter.yaml").write_text(json.dumps(spec))
+    image = _image(tmp_path / "sub-01_T2w.nii.gz")
+    [res] = segment_cohort(
+        pkg, "e" * 64, [("sub-01/T2w", image, None)], tmp_path / "c", progress=False
+    )
+    assert res.status == "ok", res.error
+    seg = np.asarray(nib.load(res.seg_path).dataobj)
+    assert seg.dtype == np.float32 and np.isclose(seg.max(), 0.3)  # partial volume kept

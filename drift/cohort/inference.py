@@ -296,6 +296,8 @@ def segment_cohort(
     """
     cache = Path(cache_dir)
     pipeline = package_pipeline(package_dir)
+    if isinstance(pipeline, SegmenterSettings) and pipeline.output == "soft":
+        output = "soft"  # a soft segmenter's probabilities are measured as soft masks
     settings = InferenceSettings.current(tta=tta, folds=folds, output=output, pipeline=pipeline)
     provenance = {
         "package_sha256": package_sha256,
