@@ -107,6 +107,15 @@ def test_seen_deliveries_remember_within_ttl_and_forget_after() -> None:
     assert seen.first_time("a", now=20)  # expired (and a replay that old is stale anyway)
 
 
+def test_seen_deliveries_on_disk_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "deliveries.sqlite"
+    assert SeenDeliveries(ttl_s=600, path=path).first_time("a", now=1000)
+    again = SeenDeliveries(ttl_s=600, path=path)  # a restarted service
+    assert not again.first_time("a", now=1100)
+    assert again.first_time("b", now=1100)
+    assert again.first_time("a", now=1700)  # expired
+
+
 # -- the endpoints, in process (the real-process tests are in test_service_e2e.py) ----------
 
 

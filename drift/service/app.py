@@ -82,8 +82,8 @@ def create_app(
     """The service app around a (not yet started) :class:`Monitor`; the lifespan starts the
     worker and, on SIGTERM (uvicorn), stops it gracefully."""
     env = _environment()
-    seen = SeenDeliveries()
     reg = monitor.reg
+    seen = SeenDeliveries(path=reg.settings.home / "service" / "deliveries.sqlite")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

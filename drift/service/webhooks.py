@@ -19,11 +19,13 @@ import base64
 import hashlib
 import hmac
 import json
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 SIGNATURE_HEADER = "X-MLflow-Signature"
@@ -123,16 +125,35 @@ def verify(
 
 class SeenDeliveries:
     """Delivery ids seen in the last ``ttl_s`` seconds (longer than the freshness window, so
-    a replay is either stale or remembered). Bounded; thread-safe."""
+    a replay is either stale or remembered). Thread-safe. With ``path``, kept in a small
+    sqlite file (``INSERT OR IGNORE`` on a primary key), so a restarted service, or a second
+    one on the same host, still knows them; else in memory, bounded."""
 
-    def __init__(self, ttl_s: float = 2 * TOLERANCE_S, max_size: int = 100_000) -> None:
+    def __init__(
+        self, ttl_s: float = 2 * TOLERANCE_S, max_size: int = 100_000, path: Path | None = None
+    ) -> None:
         self._ttl = ttl_s
         self._max = max_size
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                path, timeout=10, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, at REAL)")
 
     def first_time(self, delivery_id: str, now: float | None = None) -> bool:
         """True the first time ``delivery_id`` is offered (and remembers it)."""
+        if self._db is not None:
+            wall = time.time() if now is None else now
+            with self._lock:
+                self._db.execute("DELETE FROM seen WHERE at < ?", (wall - self._ttl,))
+                cur = self._db.execute(
+                    "INSERT OR IGNORE INTO seen (id, at) VALUES (?, ?)", (delivery_id, wall)
+                )
+                return cur.rowcount == 1
         current = time.monotonic() if now is None else now
         with self._lock:
             while self._seen:
