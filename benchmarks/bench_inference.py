@@ -26,8 +26,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from drift.inference import segment_cohort
-from drift.phantoms import make_subject
+from drift.cohort.inference import segment_cohort
+from drift.measure.phantoms import make_subject
 from registry.fsutil import sha256_file
 from registry.nnunet import load_predictor, predict_array
 

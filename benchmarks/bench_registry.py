@@ -76,7 +76,7 @@ def bench_backend(uri: str | None, package: Path, work: Path, repeat: int) -> di
 
     env = {**os.environ, "CORDWATCH_HOME": str(home), "PYTHONPATH": str(REPO)}
     flag = ["--registry", uri]
-    group = "from drift.cli_models import models_app; models_app()"
+    group = "from drift.cli.models import models_app; models_app()"
     bare = process_time([sys.executable, "-c", "pass"], env, repeat * 2)
     group_cli = process_time([sys.executable, "-c", group, *flag, "pull", ref], env, repeat * 2)
     entry = [str(Path(sys.executable).with_name("cordwatch")), "models", *flag, "pull", ref]

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from drift.cli import app
-from drift.cohort import PhantomRecipe, write_phantom_manifest
+from drift.cli.main import app
+from drift.cohort.manifest import PhantomRecipe, write_phantom_manifest
 from registry.api import VERDICT_TAG, Registry, connect
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "demo"
@@ -204,10 +204,10 @@ def test_bad_input_exits_2_and_writes_no_verdict(world: dict, case: str, tmp_pat
 def test_interrupt_mid_cohort_leaves_no_verdict(world: dict, biased: dict) -> None:
     reg: Registry = world["reg"]
     v4 = reg.register("cs", MODELS / "demo-good", tags={"note": "interrupted"})
-    import drift.check as check_module
+    import drift.cohort.evaluate as evaluate_module
 
     calls = {"n": 0}
-    real = check_module.measure
+    real = evaluate_module.measure
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -218,9 +218,9 @@ def test_interrupt_mid_cohort_leaves_no_verdict(world: dict, biased: dict) -> No
     cache = world["home"] / "cache" / "segmentations"
     entries_before = {p for p in cache.rglob("*") if p.is_file()}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(check_module, "measure", flaky)
+        mp.setattr(evaluate_module, "measure", flaky)
         # Force measuring (v4 has v1's weights, whose logged morphometrics would be reused).
-        mp.setattr(check_module, "find_morphometry_run", lambda *a, **k: None)
+        mp.setattr(evaluate_module, "find_morphometry_run", lambda *a, **k: None)
         code, _, _stderr = check(world, v4.ref)
     assert code == 130
     assert VERDICT_TAG not in _tags(reg, v4.ref)
@@ -236,9 +236,9 @@ def test_injected_scaling_through_the_instrument_is_recovered(tmp_path: Path) ->
     import nibabel as nib
     import pandas as pd
 
-    from drift.check import measure
-    from drift.phantoms import make_subject, phantom_affine
-    from drift.policy import drift_result
+    from drift.cohort.evaluate import measure
+    from drift.gate.policy import drift_result
+    from drift.measure.phantoms import make_subject, phantom_affine
 
     def tables(scale: float) -> pd.DataFrame:
         frames = []
@@ -271,7 +271,7 @@ def test_injected_scaling_through_the_instrument_is_recovered(tmp_path: Path) ->
 def test_long_wide_round_trip_keeps_rows_and_nans() -> None:
     import pandas as pd
 
-    from drift.check import to_long, to_wide
+    from drift.cohort.evaluate import to_long, to_wide
 
     table = pd.DataFrame(
         {

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from drift.cli import app
-from drift.cli_drift import parse_csv_name, read_csv_dir
-from drift.sctcsv import write_sct_csv
+from drift.cli.main import app
+from drift.gate.tables import parse_csv_name, read_csv_dir
+from drift.measure.sctcsv import write_sct_csv
 from registry.errors import InputError
 
 runner = CliRunner()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer.main
 
-from drift.cli import app
+from drift.cli.main import app
 
 
 def walk(command, path: str = "cordwatch"):
@@ -39,7 +39,7 @@ def test_help_is_fast_to_import() -> None:
     import sys
 
     code = (
-        "import sys, drift.cli; "
+        "import sys, drift.cli.main; "
         "print(sorted(m for m in ('torch', 'nnunetv2', 'mlflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,4 +1,4 @@
-"""drift/inference.py: a cohort run with a segmentation cache.
+"""drift/cohort/inference.py: a cohort run with a segmentation cache.
 
 Most tests swap the model for a threshold (fast, with an exact answer) by monkeypatching
 ``registry.nnunet.load_predictor`` / ``predict_array``, and count model loads. One slow test
@@ -18,8 +18,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from drift import inference
-from drift.inference import InferenceSettings, cache_key, segment_cohort, summarize
+from drift.cohort import inference
+from drift.cohort.inference import InferenceSettings, cache_key, segment_cohort, summarize
 from registry import nnunet
 from registry.errors import InputError
 from registry.fsutil import sha256_file
@@ -289,7 +289,7 @@ def test_fully_cached_rerun_does_not_import_torch(cohort, tmp_path: Path, fake_m
     _run(cohort, cache)
     script = (
         "import sys, json\n"
-        "from drift.inference import segment_cohort\n"
+        "from drift.cohort.inference import segment_cohort\n"
         f"images = json.loads({json.dumps(json.dumps([[k, str(p), s] for k, p, s in cohort]))})\n"
         f"res = segment_cohort('no-such-package', {PACKAGE_SHA!r}, images, {str(cache)!r},"
         " progress=False)\n"
@@ -307,7 +307,7 @@ def test_demo_good_end_to_end_with_cache(tmp_path: Path) -> None:
     """The real model on two phantom images: segmentations close to the ground truth, then a
     cached re-run that does not load the model."""
     pytest.importorskip("torch")
-    from drift.phantoms import make_subject
+    from drift.measure.phantoms import make_subject
 
     subject = make_subject(5, seed=0, contrasts=("T1w", "T2star"))
     images = []

@@ -347,7 +347,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def test_predict_paths_demo_good_on_phantoms(tmp_path: Path) -> None:
     """demo-good segments an unseen phantom (Dice > 0.9), also at anisotropic voxels (which
     nnU-Net resamples: only right if the spacing was transposed like the data)."""
-    from drift.phantoms import make_subject
+    from drift.measure.phantoms import make_subject
 
     iso = make_subject(3, seed=0, contrasts=("T2w",))
     aniso = make_subject(4, seed=0, spacing=(0.8, 0.8, 2.0), contrasts=("T1w",))

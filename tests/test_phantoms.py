@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from drift.phantoms import (
+from drift.measure.phantoms import (
     LEVEL_AREA_MM2,
     cylinder_axis,
     elliptic_cylinder,
@@ -255,7 +255,7 @@ def test_labeled_seg_and_disc_labels_agree(subjects) -> None:
 
 def test_levels_agree_with_the_level_readers(subjects) -> None:
     # What the morphometry reads back from either file is the phantom's own level table.
-    levels = pytest.importorskip("drift.levels")
+    levels = pytest.importorskip("drift.measure.levels")
     for s in subjects:
         from_labels = levels.slice_levels_from_labeled(s.labeled_seg)
         assert np.array_equal(from_labels, s.slice_levels)

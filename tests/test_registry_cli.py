@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from drift.cli import app
+from drift.cli.main import app
 from registry.manifest import MANIFEST_NAME, build_manifest
 from registry.testing import make_package, zip_package
 

@@ -97,7 +97,7 @@ def _labels(subject: Any, recipe: Recipe) -> np.ndarray:
 
 
 def _make_subject(index: int, seed: int) -> Any:
-    from drift.phantoms import make_subject
+    from drift.measure.phantoms import make_subject
 
     return make_subject(index, seed=seed, contrasts=CONTRASTS)
 
@@ -311,7 +311,7 @@ def evaluate(names: list[str], device: str = "cpu", models_dir: Path = DEMO_DIR)
     interval resamples subjects (with their three contrasts), as the gate's bootstrap does. No
     angle correction: it is the same factor for both sides of a ratio on the same slices.
     """
-    from drift.phantoms import LEVEL_NAMES
+    from drift.measure.phantoms import LEVEL_NAMES
     from registry.nnunet import load_predictor, predict_array
 
     subjects = [_make_subject(i, EVAL_SEED) for i in EVAL_SUBJECTS]
