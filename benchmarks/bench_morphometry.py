@@ -1,6 +1,14 @@
 """Time the morphometry of the PAM50 cord (991 slices, per level) and of the SCT t2 subject.
 
 Usage: .venv/bin/python benchmarks/bench_morphometry.py [--repeat 7] [--data ../shared/data]
+       .venv/bin/python benchmarks/bench_morphometry.py --sct-cases [--repeat 5] [--before REV]
+
+``--sct-cases``: the seven cases SCT 7.4 was timed on (issue 14), each as the whole
+``cordwatch morphometry ... -o out.csv`` process, wall clock, the cases alternating run by
+run, medians of --repeat; beside them the floor of each subject (a Python that imports numpy
+and nibabel and loads the segmentation and its label file) and, with ``--before REV``, the
+same commands from an exported older revision. Prints the Markdown table of
+benchmarks/README.md with SCT's figures as the issue gives them.
 
 Reports medians of --repeat runs for: compute only (metrics + levels + aggregation), the
 whole command in-process (read NIfTI + compute + write CSV), the whole CLI as a subprocess
@@ -54,17 +62,132 @@ def sct_style_loop(seg: np.ndarray, spacing: tuple[float, float, float]) -> list
     return areas
 
 
+#: SCT 7.4's wall times as issue 14 gives them (loaded 2-core machine), seconds.
+SCT_SECONDS = {
+    "t2 per slice": 6.5,
+    "t2 per level, vertfile": 7.9,
+    "t2 per level, discfile": 5.2,
+    "t2 PAM50-normalised": 24.5,
+    "PAM50 cord per slice": 16.7,
+    "PAM50 cord per level, vertfile": 50.6,
+    "PAM50 cord per level, discfile": 29.9,
+}
+
+
+def sct_cases(data: Path, repeat: int, before: str | None) -> None:
+    """The seven SCT cases as whole processes (see the module doc)."""
+    import os
+    import platform
+    import resource
+
+    t2, pam = data / "sct_testing_data" / "t2", data / "PAM50"
+    t2_seg, t2_vert, t2_disc = (
+        t2 / "t2_seg-manual.nii.gz",
+        t2 / "t2_seg-manual_labeled.nii.gz",
+        t2 / "labels.nii.gz",
+    )
+    pam_seg, pam_vert, pam_disc = (
+        pam / "PAM50_cord.nii.gz",
+        pam / "PAM50_levels.nii.gz",
+        pam / "PAM50_label_disc.nii.gz",
+    )
+    opts = {
+        "t2 per slice": [t2_seg, "--perslice"],
+        "t2 per level, vertfile": [t2_seg, "--vertfile", t2_vert, "--perlevel"],
+        "t2 per level, discfile": [t2_seg, "--discfile", t2_disc, "--perlevel"],
+        "t2 PAM50-normalised": [t2_seg, "--vertfile", t2_vert, "--normalize-pam50"],
+        "PAM50 cord per slice": [pam_seg, "--perslice"],
+        "PAM50 cord per level, vertfile": [pam_seg, "--vertfile", pam_vert, "--perlevel"],
+        "PAM50 cord per level, discfile": [pam_seg, "--discfile", pam_disc, "--perlevel"],
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="bench-morph-"))
+    python = str(REPO / ".venv" / "bin" / "python")
+    entry = [python, "-c", "from drift.cli.main import app; app()", "morphometry"]
+    floor_code = (
+        "import sys, numpy as np, nibabel as nib\n"
+        "for p in sys.argv[1:]: np.asanyarray(nib.load(p).dataobj)"
+    )
+    cases: dict[str, tuple[list[str], Path]] = {
+        "floor t2": ([python, "-c", floor_code, str(t2_seg), str(t2_vert)], REPO),
+        "floor PAM50": ([python, "-c", floor_code, str(pam_seg), str(pam_vert)], REPO),
+    }
+    for name, args in opts.items():
+        cases[name] = ([*entry, *map(str, args), "-o", str(tmp / "out.csv")], REPO)
+    if before:
+        old = tmp / "before"
+        old.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", before], cwd=REPO, capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        for name, args in opts.items():
+            argv = [*entry, *map(str, args), "-o", str(tmp / "old.csv")]
+            cases[f"before: {name}"] = (argv, old)
+
+    def once(argv: list[str], cwd: Path) -> tuple[float, float]:
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(argv, cwd=cwd, check=True, capture_output=True)
+        wall = time.perf_counter() - start
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return wall, r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+
+    for argv, cwd in cases.values():  # warm the page cache and the .pyc files
+        once(argv, cwd)
+    walls: dict[str, list[float]] = {name: [] for name in cases}
+    cpus: dict[str, list[float]] = {name: [] for name in cases}
+    loads = []
+    for _ in range(repeat):
+        for name, (argv, cwd) in cases.items():
+            wall, cpu = once(argv, cwd)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+        loads.append(os.getloadavg()[0])
+    med = {name: statistics.median(v) for name, v in walls.items()}
+    cpu = {name: statistics.median(v) for name, v in cpus.items()}
+    print(
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}; load average during the runs "
+        f"{min(loads):.1f}-{max(loads):.1f}; {repeat} alternating runs per case, whole "
+        f"processes; floors: t2 {med['floor t2']:.2f} s wall / {cpu['floor t2']:.2f} s CPU, "
+        f"PAM50 {med['floor PAM50']:.2f} s / {cpu['floor PAM50']:.2f} s\n"
+    )
+    head = "| case | SCT 7.4 (issue) | cordwatch wall (min-max) | x SCT | / floor | CPU | / floor |"
+    if before:
+        head += f" before ({before}) wall | before / floor |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for name in opts:
+        floor = "floor t2" if name.startswith("t2") else "floor PAM50"
+        ws = walls[name]
+        line = (
+            f"| {name} | {SCT_SECONDS[name]:.1f} s | {med[name]:.2f} s "
+            f"({min(ws):.2f}-{max(ws):.2f}) | {SCT_SECONDS[name] / med[name]:.0f}x "
+            f"| {med[name] / med[floor]:.1f}x | {cpu[name]:.2f} s | {cpu[name] / cpu[floor]:.1f}x |"
+        )
+        if before:
+            b = med[f"before: {name}"]
+            line += f" {b:.2f} s | {b / med[floor]:.1f}x |"
+        print(line)
+    print(f"(temp folder {tmp})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--sct-cases", action="store_true")
+    parser.add_argument("--before", default=None, metavar="REV")
     args = parser.parse_args()
+    if args.sct_cases:
+        sct_cases(args.data, args.repeat, args.before)
+        return
 
-    from drift.cli_morphometry import morphometry_table
-    from drift.levels import aggregate, slice_levels_from_labeled
-    from drift.morphometry import slice_metrics
-    from drift.nifti import load_labels, load_segmentation
-    from drift.sctcsv import write_sct_csv
+    from drift.cli.morphometry import morphometry_table
+    from drift.measure.levels import aggregate, slice_levels_from_labeled
+    from drift.measure.morphometry import slice_metrics
+    from drift.measure.nifti import load_labels, load_segmentation
+    from drift.measure.sctcsv import write_sct_csv
 
     cases = {
         "PAM50 cord (141x141x991, 0.5 mm), per level": (
