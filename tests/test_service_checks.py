@@ -162,3 +162,27 @@ def test_a_failed_check_writes_no_verdict(store: CheckStore, tmp_path: Path) -> 
     assert failed.state == "failed" and "missing.tsv" in failed.tag("error")
     assert [e for e, _ in lines] == ["started", "failed"]
     assert all(f["key"] == t.key.digest for _, f in lines)
+
+
+def test_shutdown_interrupts_a_check_before_anything_is_recorded(
+    store: CheckStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from drift.cohort.manifest import PhantomRecipe, write_phantom_manifest
+
+    monkeypatch.setenv("CORDWATCH_HOME", str(store.reg.settings.home))
+    manifest = write_phantom_manifest(
+        tmp_path, name="tiny", recipe=PhantomRecipe(n_subjects=2, seed=1, contrasts=("T2w",))
+    )
+    store.settings.cohort_ref = str(manifest)
+    t = target(store)
+    attempt = store.claim(t, "poll")
+    assert attempt is not None
+    before = store.reg.resolve("cs/2").tags
+    stop = threading.Event()
+    stop.set()  # SIGTERM arrived: the check stops at its first stage
+    outcome = execute(store, t, attempt, stop=stop, log=lambda event, **f: None)
+    assert outcome.state == "interrupted"
+    assert store.reg.resolve("cs/2").tags == before
+    assert [a.state for a in store.attempts(t.key.digest)] == ["interrupted"]
+    resumed = store.claim(t, "poll")  # not a failure: the next poll resumes it at once
+    assert resumed is not None and resumed.number == 2
