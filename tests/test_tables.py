@@ -237,3 +237,47 @@ def test_progress_bar_keeps_json_and_stdout_clean(
         for r, shown in zip(outs, (False, True), strict=True)
     ]
     assert "reading" not in plain[1] and plain[0] == plain[1]
+
+
+_DAMAGED = {
+    "negative area": "t,v,f,11,3,,-70.0,0.0,8.0,12.0\n",
+    "infinite area": "t,v,f,11,3,,inf,0.0,8.0,12.0\n",
+    "text in a metric": "t,v,f,11,3,,abc,0.0,8.0,12.0\n",
+    "row cut short": "t,v,f,11,3,,70.",
+    "no final newline": "t,v,f,11,3,,70.0,0.0,8.0,12.0",
+    "one cell too many": "t,v,f,11,3,,70.0,0.0,8.0,12.0,9\n",
+    "slice as text": "t,v,f,eleven,3,,70.0,0.0,8.0,12.0\n",
+    "level out of int64": "t,v,f,11,1e30,,70.0,0.0,8.0,12.0\n",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(_DAMAGED))
+def test_damaged_file_same_outcome_as_the_per_file_reader(tmp_path: Path, damage: str) -> None:
+    """Whatever :func:`read_sct_csv` / :func:`sct_to_tidy` make of a damaged file (a table or
+    an InputError naming it), the folder reader makes the same: a guard for validation added
+    to the per-file reader later (the fast path must then follow it)."""
+    import pandas as pd
+
+    from drift.gate.tables import read_csv_dir
+    from registry.errors import InputError
+
+    folder = tmp_path / "d"
+    _write(folder, "sub-01_T2w_PAM50.csv", f"{_GATED}\nt,v,f,10,3,,70.0,0.0,8.0,12.0\n")
+    _write(folder, "sub-02_T2w_PAM50.csv", f"{_GATED}\nt,v,f,10,3,,71.0,0.0,8.0,12.0\n")
+    bad = folder / "sub-02_T2w_PAM50.csv"
+    bad.write_text(bad.read_text() + _DAMAGED[damage])
+    try:
+        expected: pd.DataFrame | str = _per_file(folder)
+    except InputError as err:
+        expected = str(err)
+    except (ValueError, KeyError, TypeError) as err:  # sct_to_tidy's, as read_csv_dir words it
+        expected = str(InputError(f"cannot read SCT morphometry ({err})", bad))
+    try:
+        got: pd.DataFrame | str = read_csv_dir(folder, "baseline")[0]
+    except InputError as err:
+        got = str(err)
+    if isinstance(expected, str):
+        assert got == expected
+    else:
+        assert isinstance(got, pd.DataFrame)
+        pd.testing.assert_frame_equal(got, expected)
