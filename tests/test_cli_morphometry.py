@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from drift.cli import app
-from drift.sctcsv import COLUMNS_23, COLUMNS_29, read_sct_csv, sct_to_tidy
+from drift.cli.main import app
+from drift.measure.sctcsv import COLUMNS_23, COLUMNS_29, read_sct_csv, sct_to_tidy
 
 runner = CliRunner()
 
@@ -27,14 +27,15 @@ def save(data: np.ndarray, path: Path, affine: np.ndarray | None = None) -> Path
 @pytest.fixture()
 def cord(tmp_path: Path) -> dict[str, Path]:
     """A straight 4.5 x 3.5 mm elliptic cylinder over 30 slices with levels 2..4."""
-    from drift.phantoms import elliptic_cylinder
+    from drift.measure.phantoms import elliptic_cylinder
 
     seg = elliptic_cylinder((32, 32, 30), (0.8, 0.8, 0.8), 4.5, 3.5)
     labeled = np.zeros(seg.shape, np.uint8)
     for level, (lo, hi) in {4: (0, 10), 3: (10, 20), 2: (20, 30)}.items():
         labeled[:, :, lo:hi] = np.where(seg[:, :, lo:hi] > 0.5, level, 0)
     discs = np.zeros(seg.shape, np.uint8)
-    discs[16, 16, 29], discs[16, 16, 20], discs[16, 16, 10], discs[16, 16, 0] = 2, 3, 4, 5
+    # SCT 7.4's rule: level N runs up to and including disc N's slice.
+    discs[16, 16, 29], discs[16, 16, 19], discs[16, 16, 9] = 2, 3, 4
     return {
         "seg": save(seg, tmp_path / "seg.nii.gz"),
         "labeled": save(labeled, tmp_path / "labeled.nii.gz"),
@@ -59,14 +60,15 @@ def test_perlevel_csv_has_sct_columns_and_true_area(cord, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     assert result.output.strip() == str(out)
     table = read_sct_csv(out)
-    assert list(table.columns) == COLUMNS_23
-    assert table["VertLevel"].tolist() == ["2", "3", "4"]
-    assert table["Slice (I->S)"].tolist() == ["20:29", "10:19", "0:9"]
+    assert list(table.columns) == COLUMNS_29  # SCT 7.4's layout
+    # SCT writes the rows in slice order (I->S): the inferior level first.
+    assert table["VertLevel"].tolist() == ["4", "3", "2"]
+    assert table["Slice (I->S)"].tolist() == ["0:9", "10:19", "20:29"]
     np.testing.assert_allclose(table["MEAN(area)"], np.pi * 4.5 * 3.5, rtol=3e-3)
 
 
 def test_discfile_gives_the_same_levels_as_the_labelled_seg(cord) -> None:
-    from drift.cli_morphometry import morphometry_table
+    from drift.cli.morphometry import morphometry_table
 
     by_labels = morphometry_table(cord["seg"], vertfile=cord["labeled"], perlevel=True)
     by_discs = morphometry_table(cord["seg"], discfile=cord["discs"], perlevel=True)
@@ -178,10 +180,10 @@ def bad_inputs(tmp_path: Path, cord: dict[str, Path]) -> dict[str, tuple[list[st
         "outside [0,1]": (["morphometry", str(big)], "big.nii.gz", "[0, 1]"),
         "shape": (["morphometry", s, "--vertfile", str(other_shape)], "shape.nii.gz", "shape"),
         "affine": (["morphometry", s, "--vertfile", str(other_affine)], "affine.nii.gz", "affine"),
-        "absent level": (
-            ["morphometry", s, "--vertfile", lab, "--vert", "2:7"],
+        "absent levels": (
+            ["morphometry", s, "--vertfile", lab, "--vert", "6:7"],
             "labeled.nii.gz",
-            "absent",
+            "none of the levels 6:7",
         ),
         "no levels": (["morphometry", s, "--perlevel"], "", "--vertfile"),
         "bad mode": (["morphometry", s, "--angle-correction", "cos"], "", "exact, sct or none"),
@@ -201,7 +203,7 @@ def bad_inputs(tmp_path: Path, cord: dict[str, Path]) -> dict[str, tuple[list[st
         "outside [0,1]",
         "shape",
         "affine",
-        "absent level",
+        "absent levels",
         "no levels",
         "bad mode",
     ],

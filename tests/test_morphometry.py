@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from drift.levels import (
+from drift.measure.levels import (
     aggregate,
     normalize_pam50,
     pam50_levels,
@@ -14,9 +14,9 @@ from drift.levels import (
     slice_levels_from_discs,
     slice_levels_from_labeled,
 )
-from drift.morphometry import correction_factors, slice_metrics, upsample_inplane
-from drift.nifti import load_labels, load_segmentation, load_volume
-from drift.phantoms import cylinder_axis, elliptic_cylinder
+from drift.measure.morphometry import correction_factors, slice_metrics, upsample_inplane
+from drift.measure.nifti import load_labels, load_segmentation, load_volume
+from drift.measure.phantoms import cylinder_axis, elliptic_cylinder
 
 SPACING = (0.8, 0.8, 0.8)
 A_MM, B_MM = 4.5, 3.5
@@ -88,15 +88,22 @@ def test_soft_mask_is_normalised_per_slice_like_sct(cylinders) -> None:
 def test_diameters_eccentricity_orientation_of_a_straight_elliptic_cylinder(cylinders) -> None:
     m = interior(slice_metrics(cylinders[(0, 0)], SPACING))
     assert m["diameter_RL"].mean() == pytest.approx(2 * A_MM, rel=0.02)
-    assert m["diameter_AP"].mean() == pytest.approx(2 * B_MM, rel=0.02)
+    assert m["diameter_AP_ellipse"].mean() == pytest.approx(2 * B_MM, rel=0.02)
+    # SCT 7.4's measured diameter_AP: the AP extent averaged over a 3 mm RL band through the
+    # centre, (2b/3) * integral of sqrt(1 - x²/a²) over |x| <= 1.5 mm.
+    x = np.linspace(-1.5, 1.5, 30001)
+    band_mean = 2 * B_MM * np.sqrt(1 - (x / A_MM) ** 2).mean()
+    assert m["diameter_AP"].mean() == pytest.approx(band_mean, rel=0.01)
+    np.testing.assert_allclose(m["length_anterior"] + m["length_posterior"], m["diameter_AP"])
+    assert m["length_anterior"].mean() == pytest.approx(band_mean / 2, rel=0.05)
     assert m["eccentricity"].mean() == pytest.approx(np.sqrt(1 - (B_MM / A_MM) ** 2), abs=0.03)
-    assert m["orientation"].max() < 1.0
+    assert m["orientation"].abs().max() < 1.0
     assert m["solidity"].min() > 0.95
-    # Swap the axes: the major axis now lies along AP.
+    # Swap the axes: the major axis now lies along AP (orientation is signed since SCT 7.4).
     swapped = elliptic_cylinder((40, 40, 30), SPACING, B_MM, A_MM)
     s = interior(slice_metrics(swapped, SPACING))
-    assert s["diameter_AP"].mean() == pytest.approx(2 * A_MM, rel=0.02)
-    assert s["orientation"].min() > 89.0
+    assert s["diameter_AP_ellipse"].mean() == pytest.approx(2 * A_MM, rel=0.02)
+    assert s["orientation"].abs().min() > 89.0
 
 
 @pytest.mark.parametrize("tilt", [(30, 0), (0, 30), (25, 11)])
@@ -104,10 +111,10 @@ def test_exact_diameters_are_perpendicular_to_the_cord(cylinders, tilt) -> None:
     m = interior(slice_metrics(cylinders[tilt], SPACING, "exact"))
     none = interior(slice_metrics(cylinders[tilt], SPACING, "none"))
     assert m["diameter_RL"].mean() == pytest.approx(2 * A_MM, rel=0.03)
-    assert m["diameter_AP"].mean() == pytest.approx(2 * B_MM, rel=0.03)
+    assert m["diameter_AP_ellipse"].mean() == pytest.approx(2 * B_MM, rel=0.03)
     # Without correction the slice cuts the cord obliquely: a longer section.
-    assert none["diameter_RL"].mean() + none["diameter_AP"].mean() > (
-        m["diameter_RL"].mean() + m["diameter_AP"].mean() + 0.2
+    assert none["diameter_RL"].mean() + none["diameter_AP_ellipse"].mean() > (
+        m["diameter_RL"].mean() + m["diameter_AP_ellipse"].mean() + 0.2
     )
 
 
@@ -176,10 +183,19 @@ def test_disc_rule_reproduces_pam50_levels(shared_data) -> None:
     levels = load_volume(shared_data / "PAM50" / "PAM50_levels.nii.gz").data
     discs = load_volume(shared_data / "PAM50" / "PAM50_label_disc.nii.gz").data
     from_labels = slice_levels_from_labeled(levels)
-    from_discs = slice_levels_from_discs(discs)
-    both = (from_labels > 0) & (from_discs > 0)
+    # cordwatch's older rule (--interpolate-discs): level N from disc N+1 up to disc N.
+    old = slice_levels_from_discs(discs, interpolate_missing=True)
+    both = (from_labels > 0) & (old > 0)
     assert both.sum() > 900
-    np.testing.assert_array_equal(from_discs[both], from_labels[both])
+    np.testing.assert_array_equal(old[both], from_labels[both])
+    # SCT 7.4's rule: the slice of disc N belongs to level N (below it), so it differs from
+    # PAM50_levels on the 20 disc slices only, by one level.
+    sct = slice_levels_from_discs(discs)
+    both = (from_labels > 0) & (sct > 0)
+    differ = np.flatnonzero(both & (sct != from_labels))
+    disc_slices = {int(z) for z in np.argwhere((discs > 0) & (discs <= 25))[:, 2]}
+    assert set(differ.tolist()) <= disc_slices and len(differ) == 19
+    np.testing.assert_array_equal(sct[differ], from_labels[differ] + 1)
 
 
 def test_pam50_normalisation_of_the_template_is_the_identity(shared_data) -> None:
@@ -269,8 +285,19 @@ def test_real_subject_pam50_output_matches_the_template_table(t2) -> None:
 
 
 def test_real_subject_levels_from_discs(t2) -> None:
-    levels = slice_levels_from_discs(t2["discs"])
-    # labels.nii.gz holds discs 3 (z=44) and 5 (z=9); disc 4 is interpolated at z=26.5.
-    assert set(np.unique(levels)) == {0, 3, 4}
-    assert np.flatnonzero(levels == 3).tolist() == list(range(27, 44))
-    assert np.flatnonzero(levels == 4).tolist() == list(range(9, 27))
+    seg = t2["seg"]
+    # labels.nii.gz holds discs 3 (z=44) and 5 (z=9) only. SCT 7.4: up to and including disc
+    # 5's projection is level 5, then level 3 up to disc 3 (disc 4 is not interpolated),
+    # above it level 2; every slice of the cord gets a level.
+    levels = slice_levels_from_discs(
+        t2["discs"], seg.data, seg.affine, flips=(True, True, False), pz=seg.spacing[2]
+    )
+    cord = np.flatnonzero(seg.data.any(axis=(0, 1)))
+    assert np.flatnonzero(levels == 5).tolist() == list(range(cord[0], 10))
+    assert np.flatnonzero(levels == 3).tolist() == list(range(10, 45))
+    assert np.flatnonzero(levels == 2).tolist() == list(range(45, cord[-1] + 1))
+    # The older rule (--interpolate-discs): disc 4 interpolated at z=26.5, nothing outside.
+    old = slice_levels_from_discs(t2["discs"], interpolate_missing=True)
+    assert set(np.unique(old)) == {0, 3, 4}
+    assert np.flatnonzero(old == 3).tolist() == list(range(27, 44))
+    assert np.flatnonzero(old == 4).tolist() == list(range(9, 27))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -14,7 +15,10 @@ from registry.errors import InputError
 from registry.fsutil import refuse_outputs_onto_inputs
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
+
+    from drift.measure.nifti import Volume
 
 
 def parse_vert(text: str | None) -> tuple[int, int] | None:
@@ -35,6 +39,35 @@ def parse_vert(text: str | None) -> tuple[int, int] | None:
     return lo, hi
 
 
+def parse_slices(text: str | None) -> list[int] | None:
+    """SCT's ``-z`` (``parse_num_list``): ``"10:40"``, ``"3,5:7"`` -> slice numbers.
+
+    >>> parse_slices("3,5:7"), parse_slices(None)
+    ([3, 5, 6, 7], None)
+    """
+    if text is None:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        bounds = part.strip().split(":")
+        if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
+            raise InputError(f"--slices must look like 10:40 or 3,5:7, got {text!r}")
+        lo, hi = int(bounds[0]), int(bounds[-1])
+        if hi < lo:
+            raise InputError(f"--slices: {part!r} ends before it starts")
+        out += [z for z in range(lo, hi + 1) if z not in out]
+    return out
+
+
+def _flips(path: Path) -> tuple[bool, bool, bool]:
+    """Which RPI axes run the other way in the file's own voxel order."""
+    import nibabel as nib
+
+    codes = nib.aff2axcodes(nib.load(str(path)).affine)  # type: ignore[attr-defined]
+    rl, ap, si = (any(c == flipped for c in codes) for flipped in ("R", "P", "I"))
+    return rl, ap, si
+
+
 def morphometry_table(
     seg_path: Path,
     *,
@@ -45,8 +78,16 @@ def morphometry_table(
     vert: tuple[int, int] | None = None,
     normalize_pam50: bool = False,
     angle_correction: str = "exact",
+    interpolate_discs: bool = False,
+    slices: list[int] | None = None,
+    pmj: Path | None = None,
+    pmj_distance: float | None = None,
+    pmj_extent: float = 20.0,
+    warn: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """Measure a segmentation file and aggregate as asked; returns SCT-named columns."""
+    """Measure a segmentation file and aggregate as ``sct_process_segmentation`` does;
+    returns SCT-named columns. ``warn`` receives the one-line warnings (levels of ``vert``
+    that are absent); by default they go to stderr."""
     import numpy as np
 
     from drift.measure.levels import aggregate, slice_levels_from_discs, slice_levels_from_labeled
@@ -54,9 +95,27 @@ def morphometry_table(
     from drift.measure.morphometry import AngleCorrection, slice_metrics
     from drift.measure.nifti import load_labels, load_segmentation
 
+    say = warn or (lambda msg: typer.echo(f"cordwatch: warning: {msg}", err=True))
     if vertfile is not None and discfile is not None:
         raise InputError("give --vertfile or --discfile, not both")
+    if pmj_distance is not None and pmj is None:
+        raise InputError("--pmj-distance needs --pmj")
+    if pmj is not None and pmj_distance is None and not perslice:
+        raise InputError("--pmj needs --pmj-distance or --perslice (as SCT's -pmj)")
+    if pmj is not None and (vert is not None or normalize_pam50 or perlevel):
+        raise InputError(
+            "--pmj selects slices itself: not with --vert, --perlevel, --normalize-pam50"
+        )
+    if pmj_extent <= 0:
+        raise InputError(f"--pmj-extent must be > 0 mm, got {pmj_extent}")
     seg = load_segmentation(seg_path)
+    nz = seg.data.shape[2]
+    if slices is not None:
+        outside = [z for z in slices if not 0 <= z < nz]
+        if outside:
+            raise InputError(
+                f"--slices {outside[0]} is outside the image (slices 0..{nz - 1})", seg_path
+            )
     levels: np.ndarray | None = None
     label_path = vertfile or discfile
     if label_path is not None:
@@ -65,27 +124,111 @@ def morphometry_table(
             levels = slice_levels_from_labeled(labels.data)
         else:
             try:
-                levels = slice_levels_from_discs(labels.data)
+                levels = slice_levels_from_discs(
+                    labels.data,
+                    seg.data,
+                    seg.affine,
+                    flips=_flips(seg_path),
+                    pz=seg.spacing[2],
+                    interpolate_missing=interpolate_discs,
+                )
             except ValueError as err:
                 raise InputError(str(err), label_path) from err
             if not levels.any():
-                raise InputError("fewer than two disc labels: no level can be assigned", label_path)
+                raise InputError(
+                    "no disc label (values 1-25): no level can be assigned", label_path
+                )
     if (perlevel or vert or normalize_pam50) and levels is None:
         raise InputError("--perlevel, --vert and --normalize-pam50 need --vertfile or --discfile")
     if vert is not None and levels is not None:
         present = set(np.unique(levels[levels > 0]).tolist())
-        missing = sorted(set(range(vert[0], vert[1] + 1)) - present)
-        if missing:
+        wanted = set(range(vert[0], vert[1] + 1))
+        if not wanted & present:
             raise InputError(
-                f"level(s) {missing} asked by --vert are absent (present: {sorted(present)})",
+                f"none of the levels {vert[0]}:{vert[1]} asked by --vert is present "
+                f"(present: {sorted(present)})",
                 label_path,
             )
+        missing = sorted(wanted - present)
+        if missing:
+            say(
+                f"level(s) {missing} asked by --vert are absent from {label_path}; "
+                f"going on with {sorted(wanted & present)}"
+            )
     metrics = slice_metrics(seg.data, seg.spacing, cast(AngleCorrection, angle_correction))
+    distance = None
+    if pmj is not None:
+        distance, slices = _pmj_slices(seg, pmj, pmj_distance, pmj_extent, perslice, slices)
     if normalize_pam50:
         assert levels is not None
         metrics, levels = to_pam50(metrics, levels)
         perslice = perslice or not perlevel
-    return aggregate(metrics, levels, perslice=perslice, perlevel=perlevel, vert=vert)
+    return aggregate(
+        metrics,
+        levels,
+        perslice=perslice,
+        perlevel=perlevel,
+        vert=vert,
+        slices=None if slices is None else np.asarray(slices),
+        distance_pmj=distance,
+        pmj_distance=pmj_distance if not perslice else None,
+    )
+
+
+def _pmj_slices(
+    seg: Volume,
+    pmj_path: Path,
+    distance: float | None,
+    extent: float,
+    perslice: bool,
+    slices: list[int] | None,
+) -> tuple[np.ndarray, list[int] | None]:
+    """Per-slice distance from the PMJ (NaN off the centerline) and, with ``distance``, the
+    slices of the ``extent`` centred there (SCT's ``get_slices_for_pmj_distance``)."""
+    import numpy as np
+
+    from drift.measure.morphometry import pmj_distances
+    from drift.measure.nifti import load_labels
+
+    pmj = load_labels(pmj_path, seg).data
+    values = np.unique(pmj[pmj != 0])
+    if len(values) != 1 or np.count_nonzero(pmj) != 1:
+        what = "no label" if len(values) == 0 else f"{np.count_nonzero(pmj)} labelled voxels"
+        raise InputError(f"a PMJ file holds one single-voxel label, this one has {what}", pmj_path)
+    pmj_z = int(np.argwhere(pmj)[0, 2])
+    cord_z = np.flatnonzero((seg.data > 1e-6).any(axis=(0, 1)))
+    if cord_z.size == 0:
+        raise InputError("the segmentation is empty", seg.path)
+    if pmj_z < cord_z[-1]:
+        raise InputError(
+            f"the PMJ (slice {pmj_z}) lies within or below the cord's extent (slices "
+            f"{cord_z[0]}..{cord_z[-1]}): distances would not start at the PMJ",
+            pmj_path,
+        )
+    zref, from_top = pmj_distances(seg.data, pmj, seg.affine, seg.spacing[2])
+    per_slice = np.full(seg.data.shape[2], np.nan)
+    per_slice[zref] = from_top
+    if perslice or distance is None:
+        return per_slice, slices
+    if not from_top[-1] <= distance <= from_top[0]:
+        raise InputError(
+            f"--pmj-distance {distance} mm is outside the centerline "
+            f"({from_top[-1]:.1f}..{from_top[0]:.1f} mm from the PMJ)",
+            pmj_path,
+        )
+    zmin = int(zref[np.argmin(np.abs(from_top - distance - extent / 2))])
+    zmax = int(zref[np.argmin(np.abs(from_top - distance + extent / 2))])
+    covered = (seg.data[:, :, zmin:zmax] > 0).any(axis=(0, 1))
+    if not covered.all():
+        raise InputError(
+            f"the segmentation does not cover the slices {zmin}..{zmax - 1} at "
+            f"{distance} +- {extent / 2} mm from the PMJ",
+            seg.path,
+        )
+    picked = list(range(zmin, zmax))  # SCT leaves zmax out
+    if slices is not None:
+        picked = [z for z in picked if z in set(slices)]
+    return per_slice, picked
 
 
 @command
@@ -123,6 +266,24 @@ def morphometry(
     scheduler: str | None = typer.Option(
         None, "--scheduler", metavar="local[:N]|tcp://HOST:PORT", help=SCHEDULER_HELP
     ),
+    interpolate_discs: bool = typer.Option(
+        False,
+        "--interpolate-discs",
+        help="With --discfile: place missing discs by interpolation and give slices outside "
+        "the outermost discs no level (cordwatch's rule before SCT 7.4 parity).",
+    ),
+    slices: str | None = typer.Option(
+        None, "--slices", metavar="10:40", help="Slices to keep (SCT's -z), e.g. 10:40 or 3,5:7."
+    ),
+    pmj: Path | None = typer.Option(
+        None, "--pmj", help="Pontomedullary-junction label (one voxel): fills DistancePMJ."
+    ),
+    pmj_distance: float | None = typer.Option(
+        None, "--pmj-distance", metavar="MM", help="With --pmj: centre of the extent (mm)."
+    ),
+    pmj_extent: float = typer.Option(
+        20.0, "--pmj-extent", metavar="MM", help="With --pmj-distance: extent in mm (SCT: 20)."
+    ),
 ) -> None:
     """Cross-sectional area and shape per slice / level, with SCT's CSV columns."""
     if angle_correction not in ("exact", "sct", "none"):
@@ -134,12 +295,14 @@ def morphometry(
             "vert": parse_vert(vert),
             "normalize_pam50": normalize_pam50,
             "angle_correction": angle_correction,
+            "interpolate_discs": interpolate_discs,
+            "slices": parse_slices(slices),
         }
         _run_batch(batch, output, scheduler, options, given=(seg, vertfile, discfile))
         return
     if seg is None:
         raise InputError("give a segmentation (SEG) or --batch TABLE.tsv")
-    refuse_outputs_onto_inputs({"--output": output}, [seg, vertfile, discfile])
+    refuse_outputs_onto_inputs({"--output": output}, [seg, vertfile, discfile, pmj])
     table = morphometry_table(
         seg,
         vertfile=vertfile,
@@ -149,6 +312,11 @@ def morphometry(
         vert=parse_vert(vert),
         normalize_pam50=normalize_pam50,
         angle_correction=angle_correction,
+        interpolate_discs=interpolate_discs,
+        slices=parse_slices(slices),
+        pmj=pmj,
+        pmj_distance=pmj_distance,
+        pmj_extent=pmj_extent,
     )
     if output is not None:
         from drift.measure.sctcsv import write_sct_csv

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from registry.api import Registry, VersionInfo
 
 MORPHOMETRY_EXPERIMENT = "cordwatch-morphometrics"
-MORPHOMETRY_REVISION = 1  # bump when the measuring instrument changes what it outputs
+# bump when the measuring instrument changes what it outputs (2: SCT 7.4 parity, issue 12)
+MORPHOMETRY_REVISION = 2
 ANGLE_CORRECTION: AngleCorrection = "exact"
 TIDY_METRICS = (
     "area",
@@ -58,15 +59,16 @@ def measure(seg_path: Path, level_path: Path, level_source: str) -> pd.DataFrame
 
     seg = load_segmentation(seg_path)
     labels = load_labels(level_path, seg)
-    if level_source == "disc_labels":
-        levels = slice_levels_from_discs(labels.data)
+    if level_source == "disc_labels":  # SCT 7.4's rule: discs projected on the centerline
+        levels = slice_levels_from_discs(labels.data, seg.data, seg.affine, pz=seg.spacing[2])
     else:
         levels = slice_levels_from_labeled(labels.data)
     metrics = slice_metrics(seg.data, seg.spacing, ANGLE_CORRECTION)
     normalised, norm_levels = normalize_pam50(metrics, levels)
     out = normalised.reset_index()
     out.insert(0, "level", norm_levels.astype(int))
-    return out
+    # SCT lists every PAM50 slice of the levels present; keep the ones that got a value.
+    return out[out["area"].notna()].reset_index(drop=True)
 
 
 def dice_score(seg_path: Path, gt_path: Path) -> float:
@@ -87,8 +89,6 @@ class Measured:
     table: pd.DataFrame  # tidy: subject, contrast, level, slice, metrics
     failures: list[dict[str, str]] = field(default_factory=list)
     dice: pd.DataFrame | None = None  # subject, contrast, dice (vs ground truth)
-    # "subject/contrast" -> segmentation cache key (for QC images; empty when unknown)
-    seg_keys: dict[str, str] = field(default_factory=dict)
 
 
 def measure_cohort(
@@ -154,22 +154,14 @@ def to_wide(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def level_summary(table: pd.DataFrame) -> dict[str, float]:
-    """Per-level mean of the subjects' level means of every metric of :data:`TIDY_METRICS`
-    present, as MLflow metric names (``area_C3``, ``diameter_AP_C3``, ``solidity_T1``, ...),
-    so that the MLflow UI can chart each one across versions."""
+    """Per-level mean of the subjects' mean CSA, as MLflow metric names (``area_C3``)."""
     from drift.measure.levels import level_name
 
-    metrics = [m for m in TIDY_METRICS if m in table.columns]
-    if table.empty or not metrics:
+    if table.empty:
         return {}
-    per_subject = table.groupby(["subject", "contrast", "level"])[metrics].mean()
+    per_subject = table.groupby(["subject", "contrast", "level"])["area"].mean()
     per_level = per_subject.groupby("level").mean()
-    return {
-        f"{metric}_{level_name(int(lv))}": float(v)
-        for lv, row in per_level.iterrows()
-        for metric, v in row.items()
-        if v == v
-    }
+    return {f"area_{level_name(int(lv))}": float(v) for lv, v in per_level.items() if v == v}
 
 
 # ----------------------------------------------------------------------------- the check ---
@@ -212,12 +204,7 @@ def load_morphometry_run(reg: Registry, run_id: str) -> Measured:
         dice = pd.read_parquet(reg.client.download_artifacts(run_id, "dice.parquet", tmp))
         fail_path = Path(reg.client.download_artifacts(run_id, "failures.json", tmp))
         failures = json.loads(fail_path.read_text())
-        try:  # runs logged before QC images existed have no segmentations.json
-            keys_path = reg.client.download_artifacts(run_id, "segmentations.json", tmp)
-            seg_keys = json.loads(Path(keys_path).read_text())
-        except Exception:  # any failure: no QC images, nothing else changes
-            seg_keys = {}
-    return Measured(to_wide(long), failures, dice, seg_keys)
+    return Measured(to_wide(long), failures, dice)
 
 
 def log_morphometry_run(
@@ -247,14 +234,7 @@ def log_morphometry_run(
             dice.to_parquet(Path(tmp) / "dice.parquet", index=False)
             (Path(tmp) / "failures.json").write_text(json.dumps(measured.failures, indent=2))
             (Path(tmp) / "provenance.json").write_text(json.dumps(provenance, indent=2))
-            (Path(tmp) / "segmentations.json").write_text(json.dumps(measured.seg_keys))
-            names = (
-                "morphometrics.parquet",
-                "dice.parquet",
-                "failures.json",
-                "provenance.json",
-                "segmentations.json",
-            )
+            names = ("morphometrics.parquet", "dice.parquet", "failures.json", "provenance.json")
             for name in names:
                 reg.client.log_artifact(run_id, str(Path(tmp) / name))
         summary = level_summary(measured.table)
@@ -336,7 +316,6 @@ def evaluate_version(
     measured = measure_cohort(cohort.items, root, seg_paths)
     measured.failures = failures + measured.failures
     measured.dice = dice_against_truth(cohort.items, root, seg_paths)
-    measured.seg_keys = {r.key: r.cache_key for r in results if r.status == "ok" and r.cache_key}
     if len(measured.failures) < len(cohort.items):
         log_morphometry_run(reg, info, cohort, measured, provenance)
     return measured

@@ -8,6 +8,7 @@ All functions are pure (arrays and tables in, tables out).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 from importlib import resources
 
@@ -55,19 +56,19 @@ def level_number(name: str) -> int:
 
 def slice_levels_from_labeled(labels: np.ndarray) -> np.ndarray:
     """Level of every slice of a labelled segmentation: the rounded mean of its non-zero
-    values (0 where the slice has none).
+    values (0 where the slice has none), as SCT's ``get_vertebral_level_from_slice`` (numpy
+    rounding: 2.5 -> 2, 3.5 -> 4).
 
     >>> lab = np.zeros((2, 2, 3)); lab[:, :, 0] = 3; lab[0, :, 1] = 3; lab[1, :, 1] = 4
     >>> slice_levels_from_labeled(lab).tolist()
     [3, 4, 0]
     """
     labels = np.asarray(labels)
-    nonzero = labels != 0
+    nonzero = (labels != 0) & np.isfinite(labels)
     count = nonzero.sum(axis=(0, 1))
     total = np.where(nonzero, labels, 0).sum(axis=(0, 1), dtype=np.float64)
     mean = np.divide(total, count, out=np.zeros(labels.shape[2]), where=count > 0)
-    # Round half up (3.5 -> 4), not numpy's half-to-even.
-    return np.floor(mean + 0.5).astype(int)
+    return np.round(mean).astype(int)
 
 
 def disc_positions(discs: np.ndarray) -> dict[int, float]:
@@ -80,18 +81,80 @@ def disc_positions(discs: np.ndarray) -> dict[int, float]:
     return {int(v): float(z[values == v].mean()) for v in np.unique(values) if 0 < v <= MAX_DISC}
 
 
-def slice_levels_from_discs(discs: np.ndarray) -> np.ndarray:
+def slice_levels_from_discs(
+    discs: np.ndarray,
+    seg: np.ndarray | None = None,
+    affine: np.ndarray | None = None,
+    *,
+    flips: tuple[bool, bool, bool] = (False, False, False),
+    pz: float = 1.0,
+    interpolate_missing: bool = False,
+) -> np.ndarray:
     """Level of every slice from single-voxel disc labels (RPI: superior = larger z).
 
-    Level N spans from disc N+1 (below, included) up to disc N (above, excluded), as in
-    PAM50_levels. Missing discs between two present ones are placed by linear interpolation
-    of z over the disc number; slices above the top disc or below the bottom disc get 0.
+    SCT 7.4's rule (default; ``project_centerline`` + ``label_regions_from_reference``): each
+    disc voxel is projected onto the nearest point (in mm) of the segmentation's centerline;
+    every centerline slice up to and including disc N's projection (counting from below,
+    down to the next disc) is level N; slices below the lowest disc take its value, slices
+    above the highest disc N take N - 1; missing discs are not interpolated. Only slices of
+    the centerline (the cord's extent) get a level. Without ``seg`` the discs are projected
+    by their z alone and every slice of the volume gets a level. ``flips``: which RPI axes
+    run the other way in the file (SCT truncates the centerline to voxels in the file's own
+    orientation); ``pz``: slice thickness (the spline's smoothing depends on it).
+
+    ``interpolate_missing=True`` is cordwatch's older rule: level N spans from disc N+1
+    (included) up to disc N (excluded), missing discs placed by linear interpolation of z
+    over the disc number, slices above the top disc or below the bottom disc 0.
 
     >>> d = np.zeros((1, 1, 10)); d[0, 0, 8] = 2; d[0, 0, 5] = 3; d[0, 0, 1] = 5
     >>> slice_levels_from_discs(d).tolist()
+    [5, 5, 3, 3, 3, 3, 2, 2, 2, 1]
+    >>> slice_levels_from_discs(d, interpolate_missing=True).tolist()
     [0, 4, 4, 3, 3, 2, 2, 2, 0, 0]
     """
-    nz = np.asarray(discs).shape[2]
+    discs = np.asarray(discs)
+    nz = discs.shape[2]
+    if interpolate_missing:
+        return _levels_interpolated(discs)
+    levels = np.zeros(nz, dtype=int)
+    coords = np.argwhere(discs)
+    values = discs[tuple(coords.T)].astype(int)
+    keep = (values > 0) & (values <= MAX_DISC)
+    coords, values = coords[keep], values[keep]
+    if len(values) == 0:
+        return levels
+    if seg is None:
+        zref = np.arange(nz)
+        indices = coords[:, 2]  # the projection of a disc is its own slice
+    else:
+        from drift.measure.morphometry import voxel_centerline
+
+        zref, x, y = voxel_centerline(seg, pz)
+        a = np.eye(3) if affine is None else np.asarray(affine)[:3, :3]
+        line = np.column_stack([x, y, zref]) @ a.T
+        # project_centerline: nearest point of the (float) centerline, in mm.
+        nearest = _nearest(coords.astype(float) @ a.T, line)
+        projected = np.column_stack([np.round(x), np.round(y), zref])[nearest]
+        # label_regions_from_reference: nearest point of the centerline truncated to voxels
+        # (truncation in the file's orientation = ceil along the axes that are flipped).
+        trunc = [np.ceil(v) if f else np.trunc(v) for v, f in zip((x, y), flips[:2], strict=True)]
+        voxel_line = np.column_stack([*trunc, zref]) @ a.T
+        indices = zref[_nearest(projected @ a.T, voxel_line)]
+    order = np.argsort(indices, kind="stable")
+    region_idx = indices[order]
+    region_values = np.append(values[order], values[order][-1] - 1)
+    levels[zref] = region_values[np.searchsorted(region_idx, zref)]
+    return levels
+
+
+def _nearest(points: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """Index of the nearest ``line`` point for every point (both (n, 3), mm)."""
+    d2 = ((points[:, None, :] - line[None, :, :]) ** 2).sum(axis=2)
+    return np.argmin(d2, axis=1)
+
+
+def _levels_interpolated(discs: np.ndarray) -> np.ndarray:
+    nz = discs.shape[2]
     positions = disc_positions(discs)
     levels = np.zeros(nz, dtype=int)
     if len(positions) < 2:
@@ -132,7 +195,26 @@ def pam50_table_from_image(levels: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["level", "name", "slice_min", "slice_max", "n_slices"])
 
 
+def slice_list_text(slices: Iterable[int] | np.ndarray) -> str:
+    """SCT's ``parse_num_list_inv``: sorted ints -> ``"1:3;5"``.
+
+    >>> slice_list_text([5, 1, 2, 3]), slice_list_text([]), slice_list_text([7])
+    ('1:3;5', '', '7')
+    """
+    values = sorted(int(v) for v in slices)
+    if not values:
+        return ""
+    runs: list[list[int]] = [[values[0], values[0]]]
+    for v in values[1:]:
+        if v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ";".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
+
+
 def _stats(values: pd.DataFrame, metrics: list[str]) -> dict[str, float]:
+    """SCT's func_wa / func_std / func_sum over the finite values (NaN where none is)."""
     out: dict[str, float] = {}
     for m in metrics:
         col = values[m].to_numpy(dtype=float)
@@ -152,13 +234,26 @@ def aggregate(
     perslice: bool = False,
     perlevel: bool = False,
     vert: tuple[int, int] | None = None,
+    slices: np.ndarray | None = None,
+    distance_pmj: np.ndarray | None = None,
+    pmj_distance: float | None = None,
 ) -> pd.DataFrame:
-    """Aggregate per-slice metrics as ``sct_process_segmentation`` does.
+    """Aggregate per-slice metrics as SCT 7.4's ``aggregate_per_slice_or_level`` does.
 
     ``metrics`` is indexed by slice (see :func:`drift.measure.morphometry.slice_metrics` or
     :func:`normalize_pam50`); ``levels`` gives each slice's level (0 = none). Returns rows
-    with SCT's columns ``Slice (I->S)``, ``VertLevel``, ``MEAN(m)``, ``STD(m)`` (population
-    STD over finite slices) and ``SUM(length)``. ``vert`` restricts to a level range.
+    with SCT's columns ``Slice (I->S)``, ``VertLevel``, ``DistancePMJ``, ``MEAN(m)``,
+    ``STD(m)`` (population STD over finite slices) and ``SUM(length)``, ascending by slice:
+
+    * ``perslice``: one row per slice, every slice of ``metrics`` (or of ``slices``, or of
+      the levels in ``vert``), STD 0.0 where the slice has a value;
+    * ``perlevel``: one row per level of ``vert`` (or, a cordwatch extension, per level
+      present when ``vert`` is None); levels without slices are left out;
+    * ``vert`` alone: one row over its levels' slices (``VertLevel`` = ``"2:5"``);
+    * neither: one row over every slice.
+
+    ``slices`` restricts to those slices (SCT's ``-z``); ``distance_pmj`` (per slice, mm)
+    fills ``DistancePMJ`` per slice, ``pmj_distance`` fills it for an aggregated row.
 
     >>> m = pd.DataFrame({"area": [1.0, 3.0, 5.0], "length": [1.0, 1.0, 1.0]})
     >>> out = aggregate(m, np.array([2, 2, 3]), perlevel=True)
@@ -166,92 +261,114 @@ def aggregate(
     ([2, 3], [2.0, 5.0])
     """
     metric_cols = [c for c in METRIC_COLUMNS if c in metrics.columns]
-    table = metrics[metric_cols].copy()
-    table["_slice"] = metrics.index.to_numpy()
-    table["_level"] = 0 if levels is None else np.asarray(levels)
-    has_cord = table[metric_cols].notna().any(axis=1) | (table["_level"] > 0)
-    table = table[has_cord]
-    if vert is not None:
-        table = table[(table["_level"] >= vert[0]) & (table["_level"] <= vert[1])]
-    if perslice:
-        out = table.rename(columns={m: f"MEAN({m})" for m in metric_cols if m != "length"})
-        out = out.rename(columns={"length": "SUM(length)"})
-        out["Slice (I->S)"] = table["_slice"].astype(int).astype(str)
-        out["VertLevel"] = table["_level"].where(table["_level"] > 0)
-        for m in metric_cols:
-            if m != "length":
-                out[f"STD({m})"] = np.nan
-        return out.drop(columns=["_slice", "_level"]).reset_index(drop=True)
-    groups: list[tuple[object, pd.DataFrame]]
-    if perlevel:
-        table = table[table["_level"] > 0]
-        groups = [(int(k), g) for k, g in table.groupby("_level", sort=True)]
+    index = metrics.index.to_numpy()
+    lv = np.zeros(len(index), dtype=int) if levels is None else np.asarray(levels).astype(int)
+    selected = np.ones(len(index), dtype=bool)
+    if slices is not None:
+        selected &= np.isin(index, np.asarray(slices))
+    pmj = None if distance_pmj is None else np.asarray(distance_pmj, dtype=float)
+    groups: list[tuple[object, np.ndarray]] = []
+    if vert is not None or (perlevel and levels is not None):
+        wanted = (
+            list(range(vert[0], vert[1] + 1))
+            if vert is not None
+            else sorted(int(v) for v in np.unique(lv[lv > 0]))
+        )
+        in_levels = selected & np.isin(lv, wanted)
+        if perlevel:
+            groups = [(level, np.flatnonzero(selected & (lv == level))) for level in wanted]
+            groups = [(k, g) for k, g in groups if len(g)]
+        elif perslice:
+            groups = [(None, np.array([i])) for i in np.flatnonzero(in_levels)]
+        else:
+            picked = np.flatnonzero(in_levels)
+            groups = [(slice_list_text(wanted), picked)] if len(picked) else []
+    elif perslice:
+        groups = [(None, np.array([i])) for i in np.flatnonzero(selected)]
     else:
-        label: object = f"{vert[0]}:{vert[1]}" if vert is not None else np.nan
-        groups = [(label, table)] if len(table) else []
+        picked = np.flatnonzero(selected)
+        groups = [(None, picked)] if len(picked) else []
+    groups.sort(key=lambda item: tuple(index[item[1]]))
+    values = metrics[metric_cols].to_numpy(dtype=float)
     rows = []
-    for key, group in groups:
-        row: dict[str, object] = {
-            "Slice (I->S)": f"{int(group['_slice'].min())}:{int(group['_slice'].max())}",
-            "VertLevel": key,
-        }
-        row.update(_stats(group, metric_cols))
+    for key, where in groups:
+        row: dict[str, object] = {"Slice (I->S)": slice_list_text(index[where])}
+        if perslice and key is None:
+            level = int(lv[where[0]])
+            row["VertLevel"] = level if level > 0 else None
+        else:
+            row["VertLevel"] = key
+        if pmj is not None and perslice:
+            d = pmj[where[0]]
+            row["DistancePMJ"] = round(float(d), 2) if np.isfinite(d) else None
+        else:
+            row["DistancePMJ"] = pmj_distance
+        row.update(_stats(pd.DataFrame(values[where], columns=metric_cols), metric_cols))
         rows.append(row)
-    return pd.DataFrame(rows)
+    columns = ["Slice (I->S)", "VertLevel", "DistancePMJ"]
+    for m in metric_cols:
+        columns += ["SUM(length)"] if m == "length" else [f"MEAN({m})", f"STD({m})"]
+    out = pd.DataFrame(rows, columns=columns)
+    if perslice or perlevel:
+        out["VertLevel"] = out["VertLevel"].astype("Int64")
+    return out
 
 
 def normalize_pam50(metrics: pd.DataFrame, levels: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
-    """Interpolate per-slice metrics onto the PAM50 template's slices, level by level.
+    """Interpolate per-slice metrics onto the PAM50 template's slices, as SCT 7.4's
+    ``interpolate_metrics`` (``spinalcordtoolbox/metrics_to_PAM50.py``).
 
-    For each level present in the subject, its slices are stretched linearly onto that
-    level's PAM50 slice range (endpoints matched). The superior-most and inferior-most levels
-    are often cut by the field of view, so they are mapped with the mean scale (PAM50 slices
-    per subject slice) of the inner levels, anchored at their inner boundary; with no inner
-    level, every level is treated as complete. Returns (metrics indexed by PAM50 slice,
-    level per row), ascending I->S.
+    Inner levels: the level's n subject slices are stretched linearly onto its m PAM50
+    slices (endpoints matched). The superior-most and inferior-most levels are often cut by
+    the field of view: they are resampled with the mean scale m/n of the inner levels,
+    anchored at their inner boundary, and cropped to the level's PAM50 range (with fewer
+    than three levels, every level is treated as inner; SCT stops with an error there).
+    ``length`` is not interpolated (NaN, as SCT). Returns (metrics indexed by PAM50 slice,
+    the PAM50 level per row) for every PAM50 slice of the levels present, ascending I->S;
+    unfilled PAM50 slices hold NaN.
     """
     table = pam50_levels().set_index("level")
     levels = np.asarray(levels)
-    present = [int(v) for v in np.unique(levels[levels > 0]) if int(v) in table.index]
     metric_cols = [c for c in METRIC_COLUMNS if c in metrics.columns]
+    present = [
+        int(v) for v in np.unique(levels[levels > 0]) if int(v) in table.index and int(v) < 49
+    ]
     if not present:
         return pd.DataFrame(columns=metric_cols), np.array([], dtype=int)
-    top, bottom = min(present), max(present)  # superior-most has the smallest number
-    inner = [lv for lv in present if lv not in (top, bottom)]
-    scales = []
-    for lv in inner:
-        n_subject = int((levels == lv).sum())
-        if n_subject > 1:
-            scales.append((table.loc[lv, "n_slices"] - 1) / (n_subject - 1))
-    mean_scale = float(np.mean(scales)) if scales else None
-
-    out_frames, out_levels = [], []
+    subject = {lv: np.flatnonzero(levels == lv) for lv in present}
+    pam = {
+        lv: np.arange(int(table.loc[lv, "slice_min"]), int(table.loc[lv, "slice_max"]) + 1)
+        for lv in present
+    }
+    inner = present[1:-1]
+    scale = float(np.mean([len(pam[lv]) / len(subject[lv]) for lv in inner])) if inner else None
+    target = np.concatenate([pam[lv] for lv in present])
+    out = pd.DataFrame(np.nan, index=pd.Index(np.sort(target), name="slice"), columns=metric_cols)
+    source = metrics[metric_cols].to_numpy(dtype=float)
     for lv in present:
-        z = np.flatnonzero(levels == lv)
-        lo, hi = int(table.loc[lv, "slice_min"]), int(table.loc[lv, "slice_max"])
-        target = np.arange(lo, hi + 1)
-        outer = lv in (top, bottom) and mean_scale is not None and len(present) > 1
-        if outer and lv == top:
-            x = lo + (z - z[0]) * mean_scale
-        elif outer:
-            x = hi - (z[-1] - z) * mean_scale
-        elif len(z) > 1:
-            x = np.linspace(lo, hi, len(z))
+        z, slices_pam = subject[lv], pam[lv]
+        n = len(z)
+        outer = scale is not None and lv in (present[0], present[-1])
+        if outer:
+            assert scale is not None
+            x_pam = np.linspace(0, scale * n, int(scale * n))
+            x = np.linspace(0, scale * n, n)
         else:
-            x = np.array([(lo + hi) / 2.0])
-        keep = (
-            (target >= x.min() - 1e-9) & (target <= x.max() + 1e-9)
-            if len(z) > 1
-            else target == target
-        )
-        target = target[keep]
-        frame = pd.DataFrame(index=pd.Index(target, name="slice"))
-        for m in metric_cols:
-            frame[m] = np.interp(target, x, metrics[m].to_numpy(dtype=float)[z])
-        out_frames.append(frame)
-        out_levels.append(np.full(len(target), lv))
-    result = pd.concat(out_frames).sort_index()
-    lv_arr = np.concatenate(out_levels)[
-        np.argsort(np.concatenate([f.index for f in out_frames]), kind="stable")
-    ]
-    return result, lv_arr
+            x_pam = np.arange(0, len(slices_pam), 1, dtype=float)
+            x = np.linspace(0, len(slices_pam) - 1, n)
+        inter = np.stack([np.interp(x_pam, x, source[z, k]) for k in range(len(metric_cols))], 1)
+        if outer:
+            diff = len(inter) - len(slices_pam)
+            if lv == present[0]:  # superior-most: anchored at its inferior (inner) end
+                inter = inter[: len(inter) - max(diff, 0)]
+                slices_pam = slices_pam[: len(slices_pam) - max(-diff, 0)]
+            else:  # inferior-most: anchored at its superior end
+                inter = inter[max(diff, 0) :]
+                slices_pam = slices_pam[max(-diff, 0) :]
+        out.loc[slices_pam, metric_cols] = inter
+    if "length" in out.columns:
+        out["length"] = np.nan
+    pam_level = np.zeros(int(out.index.max()) + 1, dtype=int)
+    for lv in present:
+        pam_level[pam[lv]] = lv
+    return out, pam_level[out.index.to_numpy()]

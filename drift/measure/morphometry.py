@@ -1,38 +1,47 @@
 """Per-slice shape metrics of a spinal-cord segmentation (pure: arrays in, arrays out).
 
-Semantics follow Spinal Cord Toolbox's ``sct_process_segmentation`` so that numbers compare
-with the literature, with two documented departures where SCT is measurably wrong:
+Semantics follow Spinal Cord Toolbox 7.4's ``sct_process_segmentation`` (``compute_shape`` and
+``_properties2d`` in ``spinalcordtoolbox/process_seg.py``, commit 3b3c5b2), so that numbers
+compare with SCT's and the literature's. ``angle_correction="sct"`` reproduces SCT;
+``"exact"`` (the default for new work) departs where SCT is measurably wrong on tilted cords:
 
 * Orientation: the input is an RPI array (nibabel axcodes L, A, S); slice ``z`` is
   ``seg[:, :, z]``. Reorientation happens at the I/O edge (:mod:`drift.measure.nifti`).
 * SCT normalises every slice to a maximum of 1 before measuring (``normalize=True``, the
   default): a soft mask multiplied by 0.5 gives the same area. Pass ``normalize=False`` to
   keep the model's absolute partial-volume values.
+* A slice with no voxel above 1e-6 inside the cord's extent gets NaN for every metric (SCT:
+  "the slice is empty"), so it is left out of means and of ``SUM(length)``.
 * A slice whose mask (thresholded at 0.5) has two or more in-plane connected components
-  (8-connectivity) gets NaN for every metric, as SCT intends.
-* Centerline: the mean (x, y) of the non-zero voxels of each slice (slices with several
-  components left out), smoothed by a cubic
-  smoothing spline with SCT's smoothing factor ``s = (n / len(zref))**2 * 30 * pz / 3``; its
-  derivative gives the tangent ``t = [dx/dz * px, dy/dz * py, pz]`` (mm).
-* ``angle_AP = atan2(t_x, t_z)``, ``angle_RL = atan2(t_y, t_z)`` (degrees).
-* Area = sum of the (normalised) voxel values x px x py x correction, where the correction
-  is ``exact`` = t_z/|t| (the true perpendicular area of a tilted cylinder), ``sct`` =
-  cos(angle_AP) cos(angle_RL) (SCT's factor: -0.3 % at 25/11 degrees, -0.8 % at 20/21 degrees),
-  or ``none`` = 1. Length per slice = pz / correction.
-* Shape: the equivalent ellipse (second moments) of the slice thresholded at 0.5, with each
-  voxel counted as a square (+ p²/12 variance); the in-plane covariance is projected onto
-  the plane perpendicular to the centerline (``exact``), scaled by the cosines (``sct``) or
-  left as is (``none``). diameter = 4 sqrt(eigenvalue); the major axis is the RL diameter
-  when it lies within 45 degrees of the RL axis (SCT's rule); orientation is the angle of
-  the major axis from RL, in [0, 90]; eccentricity = sqrt(1 - minor²/major²).
-* Shape metrics are measured, as in SCT, on the slice upsampled 5x in-plane (bilinear) and
-  thresholded at 0.5; on a binary mask at 0.8 mm this cuts the diameter error from 4-5 % to
-  about 1.5 %.
-* Solidity: area of the thresholded (upsampled) slice / area of its convex hull, the hull
-  taken as the polygon of 64 support lines (at most 0.08 % above the true hull).
+  (8-connectivity) gets NaN for every metric, as SCT's code intends (SCT 7.4 passes a binary
+  image to ``regionprops``, which then sees one region whatever the connectivity: a
+  documented departure).
+* Centerline: the mean (x, y) of the non-zero voxels of each slice, smoothed by a cubic
+  smoothing spline with SCT's factor ``s = (n / len(zref))**2 * smooth * pz / 3``
+  (``smooth=30``, SCT's ``-centerline-smooth`` default); its derivative gives the tangent
+  ``t = [dx/dz * px, dy/dz * py, pz]`` (mm). ``angle_AP = atan2(t_x, t_z)``,
+  ``angle_RL = atan2(t_y, t_z)`` (degrees); 0 with ``none`` (SCT's ``-angle-corr 0``).
+* Area = sum of the (normalised) voxel values x px x py x correction: ``exact`` = t_z/|t|
+  (the true perpendicular area of a tilted cylinder), ``sct`` = cos(angle_AP) cos(angle_RL)
+  (SCT's factor: -0.3 % at 25/11 degrees, -0.8 % at 20/21 degrees), ``none`` = 1. Length per
+  slice = pz / correction.
+* Shape metrics, as SCT: the slice is upsampled in-plane to 0.1 mm (bilinear, SCT's ``zoom``
+  with ``grid_mode``) and thresholded at 0.5. SCT warps the slice by the cosines first; here
+  the second moments are mapped instead (``sct``: scaled by the cosines, ``exact``: projected
+  onto the plane perpendicular to the centerline, ``none``: as is). diameter_AP_ellipse and
+  diameter_RL = 4 sqrt(eigenvalue) (``regionprops`` axis lengths); the major axis is the RL
+  diameter when it lies within 45 degrees of the RL axis; ``orientation`` is
+  ``regionprops.orientation`` in degrees (signed, in [-90, 90]); eccentricity =
+  sqrt(1 - minor²/major²).
+* ``diameter_AP`` (SCT PR #4958): the slice rotated by the orientation about its centroid,
+  the AP profile averaged over a 3 mm RL band through the centroid and summed (soft values):
+  ``length_posterior`` before the centroid's column, ``length_anterior`` from it on.
+* Solidity: pixel count of the thresholded slice / pixel count of its convex hull as
+  ``skimage.morphology.convex_hull_image`` draws it (hull of the pixels' edge midpoints,
+  pixel centres inside or on it), the hull taken as the polygon of 64 support lines.
 
-Everything is vectorised over slices (bincount moments, one labelling pass); the only Python
-loop runs over the 64 hull directions.
+Everything is vectorised over slices (bincount moments, one labelling pass, one
+``map_coordinates`` call); the only Python loops run over the 64 hull directions.
 """
 
 from __future__ import annotations
@@ -46,22 +55,38 @@ from scipy import interpolate, ndimage
 AngleCorrection = Literal["exact", "sct", "none"]
 ANGLE_CORRECTIONS: tuple[str, ...] = ("exact", "sct", "none")
 
-#: Columns of :func:`slice_metrics`, in SCT's order.
+#: Columns of :func:`slice_metrics`, in SCT 7.4's order (``KEYS_DEFAULT``).
 METRIC_COLUMNS: tuple[str, ...] = (
     "area",
     "angle_AP",
     "angle_RL",
     "diameter_AP",
+    "diameter_AP_ellipse",
     "diameter_RL",
+    "length_anterior",
+    "length_posterior",
     "eccentricity",
     "orientation",
     "solidity",
     "length",
 )
+SHAPE_COLUMNS: tuple[str, ...] = (
+    "diameter_AP",
+    "diameter_AP_ellipse",
+    "diameter_RL",
+    "length_anterior",
+    "length_posterior",
+    "eccentricity",
+    "orientation",
+    "solidity",
+)
 NEAR_ZERO = 1e-6
-SMOOTH = 30.0  # SCT's ParamCenterline.smooth default
+SMOOTH = 30.0  # SCT's -centerline-smooth default (compute_shape)
+SMOOTH_LABELS = 20.0  # ParamCenterline()'s default, used by SCT's disc projection
+PIXEL_MM = 0.1  # SCT's in-plane resampling before the shape metrics ("pr")
+AP_BAND = 30  # SCT: the AP profile is averaged over 30 rows of 0.1 mm (3 mm RL)
+UPSAMPLE = 5  # default factor of upsample_inplane (0.5 mm -> 0.1 mm)
 _HULL_DIRECTIONS = 64
-UPSAMPLE = 5  # SCT's in-plane upsampling before thresholding for the shape metrics
 
 
 def correction_factors(tangent: np.ndarray, mode: AngleCorrection = "exact") -> np.ndarray:
@@ -86,22 +111,60 @@ def correction_factors(tangent: np.ndarray, mode: AngleCorrection = "exact") -> 
     raise ValueError(f"angle correction must be one of {ANGLE_CORRECTIONS}, not {mode!r}")
 
 
-def centerline_tangents(
-    z: np.ndarray, cx: np.ndarray, cy: np.ndarray, zref: np.ndarray, spacing: tuple[float, ...]
-) -> np.ndarray:
-    """Tangent vectors (mm) at slices ``zref`` of the SCT-smoothed centerline.
+def smoothed_centerline(
+    z: np.ndarray, cx: np.ndarray, cy: np.ndarray, zref: np.ndarray, pz: float, smooth: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """SCT's ``bspline`` centerline fit: (x, y, dx/dz, dy/dz) at slices ``zref`` (voxels).
 
     ``z``: slices holding cord, ``cx``/``cy``: their centre of mass in voxels.
     """
-    px, py, pz = spacing
     n = len(z)
     if n < 2:
-        return np.column_stack([np.zeros(len(zref)), np.zeros(len(zref)), np.full(len(zref), pz)])
+        x0 = np.full(len(zref), cx[0] if n else 0.0)
+        y0 = np.full(len(zref), cy[0] if n else 0.0)
+        return x0, y0, np.zeros(len(zref)), np.zeros(len(zref))
     degree = 3 if n > 3 else 1
-    smooth = (n / len(zref)) ** 2 * SMOOTH * pz / 3
-    dx = interpolate.splev(zref, interpolate.splrep(z, cx, s=smooth, k=degree), der=1)
-    dy = interpolate.splev(zref, interpolate.splrep(z, cy, s=smooth, k=degree), der=1)
+    s = (n / len(zref)) ** 2 * smooth * pz / 3
+    tck_x = interpolate.splrep(z, cx, s=s, k=degree)
+    tck_y = interpolate.splrep(z, cy, s=s, k=degree)
+    return (
+        interpolate.splev(zref, tck_x),
+        interpolate.splev(zref, tck_y),
+        interpolate.splev(zref, tck_x, der=1),
+        interpolate.splev(zref, tck_y, der=1),
+    )
+
+
+def centerline_tangents(
+    z: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    zref: np.ndarray,
+    spacing: tuple[float, ...],
+    smooth: float = SMOOTH,
+) -> np.ndarray:
+    """Tangent vectors (mm) at slices ``zref`` of the SCT-smoothed centerline."""
+    px, py, pz = spacing
+    _, _, dx, dy = smoothed_centerline(z, cx, cy, zref, pz, smooth)
     return np.column_stack([dx * px, dy * py, np.full(len(zref), pz)])
+
+
+def voxel_centerline(
+    seg: np.ndarray, pz: float, smooth: float = SMOOTH_LABELS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SCT's ``get_centerline`` of a segmentation: (zref, x, y) in voxels, one point per slice
+    from the lowest to the highest slice holding any non-zero voxel."""
+    ix, iy, iz = np.nonzero(np.asarray(seg) != 0)
+    if iz.size == 0:
+        raise ValueError("the segmentation is empty: no centerline")
+    nz = np.asarray(seg).shape[2]
+    counts = np.bincount(iz, minlength=nz)
+    z = np.flatnonzero(counts)
+    cx = np.bincount(iz, weights=ix, minlength=nz)[z] / counts[z]
+    cy = np.bincount(iz, weights=iy, minlength=nz)[z] / counts[z]
+    zref = np.arange(z[0], z[-1] + 1)
+    x, y, _, _ = smoothed_centerline(z.astype(float), cx, cy, zref.astype(float), pz, smooth)
+    return zref, np.asarray(x), np.asarray(y)
 
 
 def _perpendicular_maps(tangent: np.ndarray, mode: AngleCorrection) -> np.ndarray:
@@ -127,19 +190,21 @@ def _perpendicular_maps(tangent: np.ndarray, mode: AngleCorrection) -> np.ndarra
     return np.stack([e1[:, :2], e2[:, :2]], axis=1)
 
 
-def upsample_inplane(volume: np.ndarray, factor: int = UPSAMPLE) -> np.ndarray:
-    """Bilinear in-plane upsampling by an odd integer factor, zero outside the grid.
+def upsample_inplane(
+    volume: np.ndarray, factor: int = UPSAMPLE, factor_y: int | None = None
+) -> np.ndarray:
+    """Bilinear in-plane upsampling by integer factors, zero outside the grid.
 
-    Same values as ``scipy.ndimage.zoom(v, (f, f, 1), order=1, grid_mode=True,
-    mode="grid-constant")`` (what SCT's ``pyramid_expand`` does), about 20x faster: each
-    output sample sits at offset (j - f//2)/f of an input voxel, so it is a fixed blend of
-    two neighbours.
+    Same values as ``scipy.ndimage.zoom(v, (fx, fy, 1), order=1, grid_mode=True,
+    mode="grid-constant")`` (what SCT's ``_properties2d`` does), several times faster: each
+    output sample sits at offset (j + 1/2)/f - 1/2 of an input voxel, so it is a fixed blend
+    of two neighbours.
 
     >>> upsample_inplane(np.array([[[1.0]]]), 3)[:, :, 0].round(3).tolist()
     [[0.444, 0.667, 0.444], [0.667, 1.0, 0.667], [0.444, 0.667, 0.444]]
     """
 
-    def along(v: np.ndarray, axis: int) -> np.ndarray:
+    def along(v: np.ndarray, axis: int, f: int) -> np.ndarray:
         pad = [(0, 0)] * v.ndim
         pad[axis] = (1, 1)
         padded = np.pad(v, pad)
@@ -148,15 +213,24 @@ def upsample_inplane(volume: np.ndarray, factor: int = UPSAMPLE) -> np.ndarray:
         centre = np.take(padded, np.arange(1, n + 1), axis=axis)
         upper = np.take(padded, np.arange(2, n + 2), axis=axis)
         parts = []
-        for j in range(factor):
-            w = (j - factor // 2) / factor
+        for j in range(f):
+            w = (j + 0.5) / f - 0.5
             parts.append(centre * (1 - abs(w)) + (upper if w > 0 else lower) * abs(w))
         stacked = np.stack(parts, axis=axis + 1)
         shape = list(v.shape)
-        shape[axis] *= factor
+        shape[axis] *= f
         return stacked.reshape(shape)
 
-    return along(along(volume, 0), 1)
+    return along(along(volume, 0, factor), 1, factor if factor_y is None else factor_y)
+
+
+def _upsample_to_pixel(volume: np.ndarray, px: float, py: float) -> tuple[np.ndarray, float, float]:
+    """Upsample in-plane to SCT's 0.1 mm; returns (volume, effective fx, effective fy)."""
+    fx, fy = px / PIXEL_MM, py / PIXEL_MM
+    if abs(fx - round(fx)) < 1e-6 and abs(fy - round(fy)) < 1e-6 and fx >= 1 and fy >= 1:
+        return upsample_inplane(volume, round(fx), round(fy)), float(round(fx)), float(round(fy))
+    up = ndimage.zoom(volume, (fx, fy, 1), order=1, mode="grid-constant", grid_mode=True)
+    return up, up.shape[0] / volume.shape[0], up.shape[1] / volume.shape[1]
 
 
 def _component_counts(binary: np.ndarray) -> np.ndarray:
@@ -173,33 +247,133 @@ def _component_counts(binary: np.ndarray) -> np.ndarray:
     return np.bincount(idx[first] % nz, minlength=nz)
 
 
-def _hull_areas(binary: np.ndarray, px: float, py: float) -> np.ndarray:
-    """Per slice, the area (mm²) of the convex hull of the mask's voxel squares.
-
-    The hull is the polygon cut by 64 support lines; only the first and last voxel of every
-    row can be extreme, so the support values come from those, vectorised over slices.
-    Its area is at most (64/pi) tan(pi/64) - 1 = 0.08 % above the true hull's.
-    """
-    nx, ny, nz = binary.shape
-    any_row = binary.any(axis=1)  # (nx, nz)
+def _row_extremes(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row and slice: whether the row holds a pixel, its first and last pixel (y index)."""
+    ny = binary.shape[1]
+    any_row = np.asarray(binary.any(axis=1))  # (nx, nz)
     first = np.argmax(binary, axis=1).astype(float)
     last = (ny - 1 - np.argmax(binary[:, ::-1, :], axis=1)).astype(float)
-    x = np.arange(nx, dtype=float)[:, None] * px
+    return any_row, first, last
+
+
+def _hull_pixel_counts(any_row: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Per slice, the pixel count of skimage's ``convex_hull_image`` of the mask.
+
+    skimage takes the hull of the pixels' edge midpoints (a diamond per pixel) and keeps the
+    pixels whose centre lies inside or on it. Here the hull is the polygon of 64 support
+    lines (only the first and last pixel of every row can be extreme), and each row's pixel
+    centres between its lower and upper boundary are counted, vectorised over slices.
+    """
+    nx, nz = any_row.shape
+    x = np.arange(nx, dtype=float)[:, None]
     theta = np.linspace(0.0, 2 * np.pi, _HULL_DIRECTIONS, endpoint=False)
-    support = np.empty((_HULL_DIRECTIONS, nz))
-    for k, t in enumerate(theta):
+    ylo = np.full((nx, nz), -np.inf)
+    yhi = np.full((nx, nz), np.inf)
+    xlo = np.full(nz, -np.inf)
+    xhi = np.full(nz, np.inf)
+    for t in theta:
         c, s = np.cos(t), np.sin(t)
-        ends = np.maximum(first * py * s, last * py * s) + x * c
-        # The voxel square adds half a voxel in every direction.
-        support[k] = np.where(any_row, ends, -np.inf).max(axis=0) + 0.5 * (
-            abs(c) * px + abs(s) * py
-        )
-    # Area of the polygon bounded by the support lines: 1/2 sum(h_k L_k), with edge lengths
-    # L_k = (h_{k-1} + h_{k+1} - 2 h_k cos d) / sin d for directions d apart.
-    d = theta[1] - theta[0]
-    edges = (np.roll(support, 1, 0) + np.roll(support, -1, 0) - 2 * support * np.cos(d)) / np.sin(d)
+        if abs(c) < 1e-12:
+            c = 0.0
+        if abs(s) < 1e-12:
+            s = 0.0
+        ends = np.maximum(first * s, last * s) + x * c
+        support = np.where(any_row, ends, -np.inf).max(axis=0) + 0.5 * max(abs(c), abs(s))
+        if s == 0.0:
+            if c > 0:
+                xhi = np.minimum(xhi, support / c)
+            else:
+                xlo = np.maximum(xlo, support / c)
+            continue
+        bound = (support[None, :] - x * c) / s
+        if s > 0:
+            yhi = np.minimum(yhi, bound)
+        else:
+            ylo = np.maximum(ylo, bound)
+    inside_x = (x >= xlo[None, :] - 1e-9) & (x <= xhi[None, :] + 1e-9)
     with np.errstate(invalid="ignore"):
-        return 0.5 * (support * edges).sum(axis=0)
+        counts = np.floor(yhi + 1e-9) - np.ceil(ylo - 1e-9) + 1
+    counts = np.where(inside_x & np.isfinite(counts), np.clip(counts, 0, None), 0)
+    return counts.sum(axis=0)
+
+
+def _measured_ap(
+    up: np.ndarray,
+    centre: np.ndarray,
+    angle: np.ndarray,
+    maps: np.ndarray,
+    grid: tuple[float, float, float, float],
+    radius: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """SCT 7.4's measured AP extent, vectorised: (length_posterior, length_anterior) in mm.
+
+    ``up``: upsampled soft slices (nx, ny, n); ``centre``: centroid of the thresholded slice
+    (n, 2) in native mm; ``angle``: SCT's rotation (-regionprops orientation, radians) in the
+    measuring plane; ``maps``: slice plane -> measuring plane; ``grid``: (x origin, y origin)
+    of ``up`` in native mm and its pixel sizes; ``radius``: half-width of the AP profile in
+    pixels. SCT rotates the warped slice about the centroid, averages the rows of a 3 mm RL
+    band through it and sums the profile on each side of the centroid's column; here the
+    same rotated grid points are mapped back to the unwarped slice and read bilinearly.
+    """
+    ox, oy, ux, uy = grid
+    n = len(angle)
+    warped = np.einsum("nij,nj->ni", maps, centre)  # centroid in the measuring plane (mm)
+    # Centroid in pixel units of SCT's 0.1 mm grid (pixel centres at (k + 1/2) p, origin at
+    # the slice's first voxel corner): fixes where the rounded band and split column fall.
+    y0 = (warped[:, 0] - ox) / ux - 0.5
+    x0 = (warped[:, 1] - oy) / uy - 0.5
+    inv = np.linalg.inv(maps)
+    sin, cos = np.sin(angle), np.cos(angle)
+
+    def rotated(which: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """SCT's rotated slice at integer (rows, cols) of its grid: (len(which), r, c)."""
+        yc = (rows - y0[which, None])[:, :, None]  # RL offset (pixels)
+        xc = (cols - x0[which, None])[:, None, :]  # AP offset (pixels)
+        s_, c_ = sin[which, None, None], cos[which, None, None]
+        # Rotated frame -> measuring plane (mm), as SCT's _rotate_segmentation_by_angle.
+        d0 = (xc * s_ + yc * c_) * ux
+        d1 = (xc * c_ - yc * s_) * uy
+        m = inv[which]
+        p0 = (
+            centre[which, 0, None, None] + m[:, 0, 0, None, None] * d0 + m[:, 0, 1, None, None] * d1
+        )
+        p1 = (
+            centre[which, 1, None, None] + m[:, 1, 0, None, None] * d0 + m[:, 1, 1, None, None] * d1
+        )
+        coords = np.stack(
+            [
+                ((p0 - ox) / ux - 0.5).ravel(),
+                ((p1 - oy) / uy - 0.5).ravel(),
+                np.broadcast_to(which.astype(float)[:, None, None], p0.shape).ravel(),
+            ]
+        )
+        values = ndimage.map_coordinates(up, coords, order=1, mode="constant", cval=0.0)
+        return values.reshape(p0.shape)
+
+    # SCT rounds the centroid of the rotated, thresholded slice; it differs from the
+    # centroid (y0, x0) only by discretisation, so it is recomputed only where rounding is
+    # ambiguous.
+    rl0, ap0 = y0.copy(), x0.copy()
+    near = (np.abs(y0 % 1 - 0.5) < 0.2) | (np.abs(x0 % 1 - 0.5) < 0.2)
+    if near.any():
+        which = np.flatnonzero(near)
+        window = np.arange(-radius, radius)[None, :]
+        rows = np.round(y0[which])[:, None] + window
+        cols = np.round(x0[which])[:, None] + window
+        binary = rotated(which, rows, cols) > 0.5
+        count = binary.sum(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r_mean = (binary.sum(axis=2) * rows).sum(axis=1) / count
+            c_mean = (binary.sum(axis=1) * cols).sum(axis=1) / count
+        rl0[which] = np.where(count > 0, r_mean, y0[which])
+        ap0[which] = np.where(count > 0, c_mean, x0[which])
+    everything = np.arange(n)
+    band = np.round(rl0)[:, None] - AP_BAND // 2 + np.arange(AP_BAND)[None, :]  # (n, band)
+    cols = np.round(ap0)[:, None] + np.arange(-radius, radius)[None, :]  # (n, 2r)
+    profile = rotated(everything, band, cols).mean(axis=1)
+    posterior = profile[:, :radius].sum(axis=1) * uy
+    anterior = profile[:, radius:].sum(axis=1) * uy
+    return posterior, anterior
 
 
 def slice_metrics(
@@ -207,16 +381,17 @@ def slice_metrics(
     spacing: tuple[float, float, float],
     angle_correction: AngleCorrection = "exact",
     normalize: bool = True,
+    smooth: float = SMOOTH,
 ) -> pd.DataFrame:
     """Shape metrics of every axial slice of an RPI segmentation (binary or soft, in [0, 1]).
 
     Returns a DataFrame indexed by slice number (0..nz-1) with :data:`METRIC_COLUMNS` plus
     ``n_components``; slices without cord, or with two or more components, hold NaN.
 
-    >>> seg = np.zeros((9, 9, 5)); seg[2:7, 3:6, :] = 1.0
+    >>> seg = np.zeros((12, 9, 5)); seg[2:10, 3:6, :] = 1.0
     >>> m = slice_metrics(seg, (0.5, 0.5, 2.0))
-    >>> m.loc[2, ["area", "angle_AP", "length"]].round(6).tolist()
-    [3.75, 0.0, 2.0]
+    >>> m.loc[2, ["area", "angle_AP", "length", "diameter_AP"]].round(6).tolist()
+    [6.0, 0.0, 2.0, 1.5]
     """
     if angle_correction not in ANGLE_CORRECTIONS:
         raise ValueError(f"angle correction must be one of {ANGLE_CORRECTIONS}")
@@ -225,27 +400,28 @@ def slice_metrics(
         raise ValueError(f"expected a 3D array, got shape {seg.shape}")
     px, py, pz = (float(v) for v in spacing)
     nz = seg.shape[2]
-    result = pd.DataFrame(np.nan, index=pd.RangeIndex(nz, name="slice"), columns=METRIC_COLUMNS)
-    result["n_components"] = 0
+    columns: dict[str, np.ndarray] = {c: np.full(nz, np.nan) for c in METRIC_COLUMNS}
+    n_comp = np.zeros(nz, dtype=int)
 
     present = seg > NEAR_ZERO
     if not present.any():
-        return result
-    # Crop to the cord's bounding box in x, y: everything below scales with the cropped size.
+        return _frame(columns, n_comp)
+    # Crop to the cord's bounding box in x, y plus one empty voxel (the bilinear ramp of the
+    # edge voxels): everything below scales with the cropped size.
     xs = np.flatnonzero(present.any(axis=(1, 2)))
     ys = np.flatnonzero(present.any(axis=(0, 2)))
-    x0, y0 = xs[0], ys[0]
-    sub = seg[x0 : xs[-1] + 1, y0 : ys[-1] + 1, :].astype(np.float32)
-    present = present[x0 : xs[-1] + 1, y0 : ys[-1] + 1, :]
+    x0, y0 = xs[0] - 1, ys[0] - 1
+    sub = np.zeros((xs[-1] - xs[0] + 3, ys[-1] - ys[0] + 3, nz), np.float32)
+    sub[1:-1, 1:-1, :] = seg[xs[0] : xs[-1] + 1, ys[0] : ys[-1] + 1, :]
+    present = sub > NEAR_ZERO
 
     slice_max = sub.max(axis=(0, 1))
     if normalize:
         scale = np.divide(1.0, slice_max, out=np.zeros(nz, np.float32), where=slice_max > 0)
         sub = sub * scale[None, None, :]
 
-    # Components on the native grid, as SCT checks them.
+    # Components on the native grid.
     n_comp = _component_counts(sub > 0.5)
-    result["n_components"] = n_comp
 
     # Centerline from the unweighted centre of the non-zero voxels, per slice. Slices with
     # several components are left out of the fit: a stray blob would tilt the tangent (and so
@@ -256,60 +432,211 @@ def slice_metrics(
     z_cord = z_all[n_comp[z_all] < 2] if np.any(n_comp[z_all] < 2) else z_all
     cx = np.bincount(iz, weights=ix, minlength=nz)[z_cord] / counts[z_cord] + x0
     cy = np.bincount(iz, weights=iy, minlength=nz)[z_cord] / counts[z_cord] + y0
+    # Only slices holding cord are measured; empty slices inside its extent stay NaN (SCT).
+    rows = z_all
     zref = np.arange(z_all[0], z_all[-1] + 1)
-    tangent = centerline_tangents(z_cord.astype(float), cx, cy, zref.astype(float), (px, py, pz))
+    tangent = centerline_tangents(
+        z_cord.astype(float), cx, cy, zref.astype(float), (px, py, pz), smooth
+    )[rows - z_all[0]]
+    if angle_correction == "none":
+        tangent[:, :2] = 0.0  # SCT's -angle-corr 0: angles 0, no correction
     correction = correction_factors(tangent, angle_correction)
+    columns["angle_AP"][rows] = np.degrees(np.arctan2(tangent[:, 0], tangent[:, 2]))
+    columns["angle_RL"][rows] = np.degrees(np.arctan2(tangent[:, 1], tangent[:, 2]))
+    columns["area"][rows] = (
+        sub[:, :, rows].sum(axis=(0, 1), dtype=np.float64) * px * py * correction
+    )
+    columns["length"][rows] = pz / correction
 
-    rows = zref
-    result.loc[rows, "angle_AP"] = np.degrees(np.arctan2(tangent[:, 0], tangent[:, 2]))
-    result.loc[rows, "angle_RL"] = np.degrees(np.arctan2(tangent[:, 1], tangent[:, 2]))
-    result.loc[rows, "area"] = sub.sum(axis=(0, 1), dtype=np.float64)[rows] * px * py * correction
-    result.loc[rows, "length"] = pz / correction
+    _shape_metrics(columns, sub[:, :, rows], rows, tangent, (px, py), (x0, y0), angle_correction)
 
-    # Equivalent ellipse of the slice thresholded at 0.5 after SCT's 5x bilinear in-plane
-    # upsampling (binary masks would otherwise give 4-5 % diameter errors at 0.8 mm).
-    cord = sub[:, :, rows]
-    up = upsample_inplane(cord)
+    # Several pieces on a slice: no metric at all.
+    for c in METRIC_COLUMNS:
+        columns[c][n_comp >= 2] = np.nan
+    return _frame(columns, n_comp)
+
+
+def _warp_like_sct(
+    cord: np.ndarray, tangent: np.ndarray, origin: tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """SCT's angle correction of the slices: ``out(r, c) = in(r / cos(angle_AP), c /
+    cos(angle_RL))`` in full-slice voxel indices, bilinear, zero outside (skimage ``warp``
+    with ``AffineTransform(scale=(cos RL, cos AP)).inverse``), then each slice normalised to
+    [0, 1] again. Returns the warped slices in a box with the same origin for every slice."""
+    nxb, nyb, n = cord.shape
+    cos_ap = np.cos(np.arctan2(tangent[:, 0], tangent[:, 2]))
+    cos_rl = np.cos(np.arctan2(tangent[:, 1], tangent[:, 2]))
+    x0, y0 = origin
+    # The warped cord lies in [cos * x0, x0 + nxb) (cos <= 1): one box holds every slice.
+    wx0 = int(np.floor(cos_ap.min() * x0)) - 1
+    wy0 = int(np.floor(cos_rl.min() * y0)) - 1
+    wx = np.arange(wx0, x0 + nxb + 1, dtype=float)
+    wy = np.arange(wy0, y0 + nyb + 1, dtype=float)
+    src_x = wx[:, None] / cos_ap[None, :] - x0  # (nwx, n) in box indices
+    src_y = wy[:, None] / cos_rl[None, :] - y0
+    shape = (len(wx), len(wy), n)
+    coords = np.stack(
+        [
+            np.broadcast_to(src_x[:, None, :], shape).ravel(),
+            np.broadcast_to(src_y[None, :, :], shape).ravel(),
+            np.broadcast_to(np.arange(n, dtype=float)[None, None, :], shape).ravel(),
+        ]
+    )
+    warped = ndimage.map_coordinates(cord, coords, order=1, mode="grid-constant", cval=0.0)
+    warped = warped.reshape(shape).astype(np.float32)
+    lo, hi = warped.min(axis=(0, 1)), warped.max(axis=(0, 1))
+    scale = np.divide(1.0, hi - lo, out=np.zeros(n, np.float32), where=hi > lo)
+    return (warped - lo[None, None, :]) * scale[None, None, :], (wx0, wy0)
+
+
+def _frame(columns: dict[str, np.ndarray], n_comp: np.ndarray) -> pd.DataFrame:
+    frame = pd.DataFrame(columns, index=pd.RangeIndex(len(n_comp), name="slice"))
+    frame["n_components"] = n_comp
+    return frame
+
+
+def _shape_metrics(
+    columns: dict[str, np.ndarray],
+    cord: np.ndarray,
+    rows: np.ndarray,
+    tangent: np.ndarray,
+    pixel: tuple[float, float],
+    origin: tuple[int, int],
+    mode: AngleCorrection,
+) -> None:
+    """Fill the shape columns of ``rows`` from the cropped slices ``cord`` (nx, ny, n)."""
+    px, py = pixel
+    if mode == "sct":
+        # SCT warps each slice by the cosines (skimage ``warp``, bilinear, about voxel (0, 0))
+        # and measures the warped slice; after that the measuring plane is the slice plane.
+        cord, origin = _warp_like_sct(cord, tangent, origin)
+        mode = "none"
+        tangent = np.column_stack([np.zeros((len(tangent), 2)), tangent[:, 2]])
+    up, fx, fy = _upsample_to_pixel(cord, px, py)
+    ux, uy = px / fx, py / fy
     binary = up > 0.5
-    upx, upy = px / UPSAMPLE, py / UPSAMPLE
+    # Upsampled pixel centres in native mm, origin at the centre of the slice's voxel (0, 0).
+    ox, oy = (origin[0] - 0.5) * px, (origin[1] - 0.5) * py
+    x_mm = ox + (np.arange(binary.shape[0]) + 0.5) * ux
+    y_mm = oy + (np.arange(binary.shape[1]) + 0.5) * uy
     # Moments from axis sums (no coordinate lists: the upsampled volume has ~10^7 voxels).
     weights = binary.astype(np.float32)
-    per_x = weights.sum(axis=1)  # (nx_up, slices)
-    per_y = weights.sum(axis=0)  # (ny_up, slices)
-    x_mm = (np.arange(binary.shape[0]) + 0.5) * upx
-    y_mm = (np.arange(binary.shape[1]) + 0.5) * upy
+    per_x = weights.sum(axis=1)  # (nx_up, n)
+    per_y = weights.sum(axis=0)  # (ny_up, n)
     n_bin = per_x.sum(axis=0).astype(float)
     ok = n_bin > 0
+    xr, yr = x_mm - x_mm.mean(), y_mm - y_mm.mean()  # centred for precision
     with np.errstate(invalid="ignore", divide="ignore"):
-        mx = x_mm @ per_x / n_bin
-        my = y_mm @ per_y / n_bin
-        cxx = (x_mm**2) @ per_x / n_bin - mx**2 + upx**2 / 12
-        cyy = (y_mm**2) @ per_y / n_bin - my**2 + upy**2 / 12
-        cxy = x_mm @ np.einsum("xyz,y->xz", weights, y_mm) / n_bin - mx * my
+        mx = xr @ per_x / n_bin
+        my = yr @ per_y / n_bin
+        cxx = (xr**2) @ per_x / n_bin - mx**2
+        cyy = (yr**2) @ per_y / n_bin - my**2
+        cxy = xr @ np.einsum("xyz,y->xz", weights, yr) / n_bin - mx * my
     cov = np.stack([np.stack([cxx, cxy], -1), np.stack([cxy, cyy], -1)], -2)
-    maps = _perpendicular_maps(tangent, angle_correction)
+    maps = _perpendicular_maps(tangent, mode)
     cov = np.einsum("nij,njk,nlk->nil", maps, cov, maps)
     a, b, c = cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]
     half_diff = np.sqrt(((a - c) / 2) ** 2 + b**2)
     lam1 = np.clip((a + c) / 2 + half_diff, 0, None)
     lam2 = np.clip((a + c) / 2 - half_diff, 0, None)
     major, minor = 4 * np.sqrt(lam1), 4 * np.sqrt(lam2)
-    orientation = np.abs(np.degrees(0.5 * np.arctan2(2 * b, a - c)))
-    along_rl = orientation < 45.0
+    # skimage's regionprops orientation: angle of the major axis from axis 0 (RL).
+    orient = 0.5 * np.arctan2(2 * b, a - c)
+    along_rl = np.abs(np.degrees(orient)) < 45.0
+    any_row, first, last = _row_extremes(binary)
     with np.errstate(invalid="ignore", divide="ignore"):
         eccentricity = np.sqrt(1 - lam2 / lam1)
-        solidity = n_bin * upx * upy / _hull_areas(binary, upx, upy)
-    result.loc[rows, "diameter_RL"] = np.where(ok, np.where(along_rl, major, minor), np.nan)
-    result.loc[rows, "diameter_AP"] = np.where(ok, np.where(along_rl, minor, major), np.nan)
-    result.loc[rows, "orientation"] = np.where(ok, orientation, np.nan)
-    result.loc[rows, "eccentricity"] = np.where(ok, eccentricity, np.nan)
-    result.loc[rows, "solidity"] = np.where(ok, solidity, np.nan)
-    empty = np.ones(nz, dtype=bool)
-    empty[rows] = ~ok
+        solidity = n_bin / _hull_pixel_counts(any_row, first, last)
+    centre = np.column_stack([mx + x_mm.mean(), my + y_mm.mean()])
+    if ok.any():
+        good = np.flatnonzero(ok)
+        # Half-width of the AP profile: the farthest corner of any slice's bounding box from
+        # its centroid, plus a margin.
+        any_col = binary.any(axis=0)  # (ny_up, n)
+        ix = np.arange(binary.shape[0])[:, None]
+        iy = np.arange(binary.shape[1])[:, None]
+        big = 10**9
+        xlo = np.where(any_row, ix, big).min(axis=0)[good]
+        xhi = np.where(any_row, ix, -big).max(axis=0)[good]
+        ylo = np.where(any_col, iy, big).min(axis=0)[good]
+        yhi = np.where(any_col, iy, -big).max(axis=0)[good]
+        cxp = (centre[good, 0] - ox) / ux - 0.5
+        cyp = (centre[good, 1] - oy) / uy - 0.5
+        reach = np.hypot(
+            np.maximum(np.abs(xlo - cxp), np.abs(xhi - cxp)) * ux,
+            np.maximum(np.abs(ylo - cyp), np.abs(yhi - cyp)) * uy,
+        )
+        # The inverse map stretches at most by 1 / (its smallest singular value).
+        stretch = 1.0 / np.linalg.svd(maps[good], compute_uv=False)[:, -1].min()
+        radius = int(np.ceil(reach.max() * max(stretch, 1.0) / min(ux, uy))) + 3
+        post, ant = _measured_ap(
+            up[:, :, good], centre[good], -orient[good], maps[good], (ox, oy, ux, uy), radius
+        )
+        posterior = np.full(len(rows), np.nan)
+        anterior = np.full(len(rows), np.nan)
+        posterior[good], anterior[good] = post, ant
+    else:
+        posterior = anterior = np.full(len(rows), np.nan)
 
-    # SCT: no metric at all on a slice whose mask splits into several pieces. A slice with no
-    # voxel above 0.5 (possible only with normalize=False) keeps its area but has no shape.
-    result.loc[n_comp >= 2, list(METRIC_COLUMNS)] = np.nan
-    shape_cols = ["diameter_AP", "diameter_RL", "eccentricity", "orientation", "solidity"]
-    result.loc[empty, shape_cols] = np.nan
-    return result
+    def put(name: str, values: np.ndarray) -> None:
+        columns[name][rows] = np.where(ok, values, np.nan)
+
+    put("diameter_RL", np.where(along_rl, major, minor))
+    put("diameter_AP_ellipse", np.where(along_rl, minor, major))
+    put("diameter_AP", posterior + anterior)
+    put("length_anterior", anterior)
+    put("length_posterior", posterior)
+    put("eccentricity", eccentricity)
+    # SCT stores -orientation, then negates it again when converting to degrees.
+    put("orientation", np.degrees(orient))
+    put("solidity", solidity)
+
+
+def pmj_distances(
+    seg: np.ndarray, pmj: np.ndarray, affine: np.ndarray | None, pz: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distance (mm) of every slice from the pontomedullary junction along the centerline,
+    as SCT 7.4's ``get_slices_for_pmj_distance``: the PMJ label is added to the segmentation,
+    the centerline of the sum is fitted with SCT's ``linear`` algorithm (interpolation, then
+    a Hanning window of 50 mm) and its length is accumulated from the top-most point down.
+    Returns (slices, distances) for the slices from the lowest one holding cord (or the
+    PMJ) to the highest.
+
+    >>> seg = np.zeros((5, 5, 10)); seg[2, 2, :6] = 1
+    >>> pmj = np.zeros_like(seg); pmj[2, 2, 9] = 1
+    >>> z, d = pmj_distances(seg, pmj, np.diag([1.0, 1.0, 2.0, 1.0]), 2.0)
+    >>> z.tolist()[-3:], d.round(3).tolist()[-3:]
+    ([7, 8, 9], [4.0, 2.0, 0.0])
+    """
+    both = np.asarray(seg, dtype=float) + np.asarray(pmj, dtype=float)
+    ix, iy, iz = np.nonzero(both)
+    nz = both.shape[2]
+    counts = np.bincount(iz, minlength=nz)
+    z = np.flatnonzero(counts)
+    cx = np.bincount(iz, weights=ix, minlength=nz)[z] / counts[z]
+    cy = np.bincount(iz, weights=iy, minlength=nz)[z] / counts[z]
+    zref = np.arange(z[0], z[-1] + 1)
+    window = int(np.ceil(50.0 / pz) // 2 * 2 + 1)
+    x = _smooth_hanning(np.interp(zref, z, cx), window)
+    y = _smooth_hanning(np.interp(zref, z, cy), window)
+    a = np.eye(3) if affine is None else np.asarray(affine)[:3, :3]
+    points = np.column_stack([x, y, zref]) @ a.T
+    steps = np.linalg.norm(np.diff(points, axis=0), axis=1)
+    from_top = np.concatenate([np.cumsum(steps[::-1])[::-1], [0.0]])
+    return zref, from_top
+
+
+def _smooth_hanning(values: np.ndarray, window: int) -> np.ndarray:
+    """SCT's ``smooth1d`` (Hanning window, signal mirrored about its end points)."""
+    if values.size < window:
+        window = values.size
+    if window < 3:
+        return values
+    padded = np.r_[
+        2 * values[0] - values[window - 1 : 0 : -1],
+        values,
+        2 * values[-1] - values[-2 : -window - 1 : -1],
+    ]
+    w = np.hanning(window)
+    smoothed = np.convolve(w / w.sum(), padded, mode="valid")
+    return smoothed[int(np.ceil(window / 2 - 1)) : -int(np.floor(window / 2))]

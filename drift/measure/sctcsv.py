@@ -2,9 +2,13 @@
 
 ``sct_process_segmentation`` writes one row per slice, per level or per level range with the
 columns below. Two layouts are in use: the older 23-column one (e.g. the PAM50 normative
-database r20250321) and the current 29-column one, which adds ``diameter_AP_ellipse``,
-``length_anterior`` and ``length_posterior``. Both are read; cordwatch writes the 23-column
-layout, which every published script understands.
+database r20250321) and SCT 7.4's 29-column one, which adds ``diameter_AP_ellipse``,
+``length_anterior`` and ``length_posterior``. The two ``diameter_AP`` columns do not hold the
+same quantity: since SCT PR #4958 (29 columns) it is the measured AP extent through the
+centre and the ellipse's minor axis moved to ``diameter_AP_ellipse``; in 23-column files it
+is the ellipse. :func:`diameter_ap_kind` tells them apart. Both layouts are read;
+``cordwatch morphometry`` writes SCT 7.4's 29 columns (the normative tools keep writing the
+23-column layout of the database they update).
 
 The "tidy" table used everywhere else in cordwatch has one row per (subject, contrast, level,
 slice) and plain metric names (``area``, ``diameter_AP``, ...).
@@ -22,10 +26,21 @@ from drift.measure.morphometry import METRIC_COLUMNS
 from registry.errors import InputError
 from registry.fsutil import atomic_path
 
-#: Per-slice metrics with a MEAN/STD pair, in SCT's column order (length has SUM only).
-METRICS: tuple[str, ...] = tuple(m for m in METRIC_COLUMNS if m != "length")
+#: Per-slice metrics of the 23-column layout with a MEAN/STD pair (length has SUM only).
+METRICS: tuple[str, ...] = (
+    "area",
+    "angle_AP",
+    "angle_RL",
+    "diameter_AP",
+    "diameter_RL",
+    "eccentricity",
+    "orientation",
+    "solidity",
+)
 #: Extra metrics of the 29-column layout.
 METRICS_29: tuple[str, ...] = ("diameter_AP_ellipse", "length_anterior", "length_posterior")
+#: The 29-column layout's metrics in SCT 7.4's order (KEYS_DEFAULT without length).
+METRICS_74: tuple[str, ...] = tuple(m for m in METRIC_COLUMNS if m != "length")
 
 ID_COLUMNS: tuple[str, ...] = (
     "Timestamp",
@@ -45,25 +60,23 @@ def _metric_columns(metrics: Sequence[str]) -> list[str]:
 
 
 COLUMNS_23: list[str] = [*ID_COLUMNS, *_metric_columns(METRICS), "SUM(length)"]
-COLUMNS_29: list[str] = [
-    *ID_COLUMNS,
-    *_metric_columns(
-        (
-            "area",
-            "angle_AP",
-            "angle_RL",
-            "diameter_AP",
-            "diameter_AP_ellipse",
-            "diameter_RL",
-            "length_anterior",
-            "length_posterior",
-            "eccentricity",
-            "orientation",
-            "solidity",
-        )
-    ),
-    "SUM(length)",
-]
+COLUMNS_29: list[str] = [*ID_COLUMNS, *_metric_columns(METRICS_74), "SUM(length)"]
+
+
+def diameter_ap_kind(columns: Sequence[str]) -> str:
+    """Which quantity a table's ``diameter_AP`` holds: ``"measured"`` (SCT >= 7.4, PR #4958:
+    the file also has ``diameter_AP_ellipse``) or ``"ellipse"`` (older 23-column files, e.g.
+    the normative database r20250321: the ellipse's minor axis).
+
+    >>> diameter_ap_kind(COLUMNS_29), diameter_ap_kind(COLUMNS_23)
+    ('measured', 'ellipse')
+    >>> diameter_ap_kind(["area", "diameter_AP", "diameter_AP_ellipse"])
+    'measured'
+    """
+    names = set(columns)
+    return "measured" if names & {"MEAN(diameter_AP_ellipse)", "diameter_AP_ellipse"} else "ellipse"
+
+
 _REQUIRED = ("Slice (I->S)", "VertLevel", "MEAN(area)")
 
 
@@ -129,11 +142,14 @@ def write_sct_csv(
     *,
     filename: str,
     version: str,
+    layout: int = 29,
 ) -> Path:
-    """Write rows (columns ``Slice (I->S)``, ``VertLevel`` and SCT's MEAN/STD/SUM columns) as
-    a 23-column SCT CSV, atomically. Missing metric columns are left empty."""
-    out = pd.DataFrame(index=rows.index, columns=COLUMNS_23, dtype=object)
-    for col in COLUMNS_23:
+    """Write rows (columns ``Slice (I->S)``, ``VertLevel``, ``DistancePMJ`` and SCT's
+    MEAN/STD/SUM columns) as an SCT CSV, atomically: SCT 7.4's 29 columns, or the older 23
+    (``layout=23``). Missing metric columns are left empty."""
+    columns = COLUMNS_29 if layout == 29 else COLUMNS_23
+    out = pd.DataFrame(index=rows.index, columns=columns, dtype=object)
+    for col in columns:
         if col in rows.columns:
             out[col] = rows[col]
     out["Timestamp"] = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
