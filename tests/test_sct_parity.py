@@ -625,3 +625,79 @@ def test_template_levels_from_discs_are_its_level_file(shared_data, cord, levels
     disc_z = np.argwhere((disc_data > 0) & (disc_data <= 25))[:, 2]
     assert set(differ.tolist()) <= set(np.clip(disc_z, cord_z[0], cord_z[-1]).tolist())
     np.testing.assert_array_equal(from_discs[differ], from_file[differ] + 1)
+
+
+# ------------------------------------------------------------------------------------------
+# Reading SCT CSVs: which diameter_AP a file holds, and drift compare pairing like with like
+# ------------------------------------------------------------------------------------------
+
+
+def write_folder(directory: Path, layout: int, ap: float, ap_ellipse: float | None) -> Path:
+    import pandas as pd
+
+    from drift.measure.sctcsv import write_sct_csv
+
+    directory.mkdir(parents=True, exist_ok=True)
+    size = np.exp(np.random.default_rng(7).normal(0, 0.1, 8))
+    for s in range(8):
+        levels = np.repeat(np.arange(2, 9), 5)
+        rows = pd.DataFrame(
+            {
+                "Slice (I->S)": (20 - levels) * 5 + np.tile(np.arange(5), 7),
+                "VertLevel": levels,
+                "MEAN(area)": 75.0 * size[s] * np.ones(len(levels)),
+                "MEAN(diameter_AP)": ap * math.sqrt(size[s]) * np.ones(len(levels)),
+                "MEAN(diameter_RL)": 12.0 * math.sqrt(size[s]) * np.ones(len(levels)),
+            }
+        )
+        if ap_ellipse is not None:
+            rows["MEAN(diameter_AP_ellipse)"] = ap_ellipse * math.sqrt(size[s])
+        name = f"sub-{s:02d}_T2w_PAM50.csv"
+        write_sct_csv(rows, directory / name, filename=name, version="test", layout=layout)
+    return directory
+
+
+def test_drift_compare_pairs_the_ellipse_of_old_files_with_the_ellipse_of_sct74(
+    tmp_path: Path,
+) -> None:
+    """A 23-column baseline (diameter_AP = ellipse, e.g. the normative database r20250321)
+    against SCT 7.4 files (measured diameter_AP 3.75 % below the ellipse): without pairing
+    like with like the diameter gate (+-2 %) fails on a definition change, not on drift."""
+    import json
+
+    base = write_folder(tmp_path / "old", 23, ap=8.0, ap_ellipse=None)
+    cand = write_folder(tmp_path / "new", 29, ap=7.7, ap_ellipse=8.0)
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["drift", "compare", str(base), str(cand), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    note = doc["provenance"]["diameter_AP"]
+    assert note.startswith("diameter_AP compared as the ellipse minor axis on both sides")
+    assert "baseline files predate SCT 7.4" in note
+    # Both sides 7.4: the measured extents are compared, and it says so.
+    same = runner.invoke(
+        app, ["drift", "compare", str(cand), str(cand), "--json", str(tmp_path / "s.json")]
+    )
+    assert same.exit_code == 0, same.output
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["provenance"]["diameter_AP"] == (
+        "diameter_AP is the SCT 7.4 measured AP extent on both sides"
+    )
+
+
+def test_a_folder_mixing_both_layouts_is_refused(tmp_path: Path) -> None:
+    base = write_folder(tmp_path / "old", 23, ap=8.0, ap_ellipse=None)
+    mixed = write_folder(tmp_path / "mixed", 29, ap=7.7, ap_ellipse=8.0)
+    (mixed / "sub-00_T2w_PAM50.csv").write_bytes((base / "sub-00_T2w_PAM50.csv").read_bytes())
+    result = runner.invoke(app, ["drift", "compare", str(base), str(mixed)])
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert "sub-" in line and "do not hold the same diameter_AP" in line
+
+
+def test_diameter_ap_kind_of_the_normative_database(shared_data: Path) -> None:
+    from drift.measure.sctcsv import diameter_ap_kind, read_sct_csv
+
+    path = shared_data / "normative_r20250321" / "spinal_cord" / "sub-amu01_T2w_PAM50.csv"
+    assert diameter_ap_kind(read_sct_csv(path).columns) == "ellipse"
+    assert diameter_ap_kind(COLUMNS_29) == "measured"

@@ -807,8 +807,12 @@ def drift_result(
     ``provenance`` is stored as given, plus ``policy_sha256`` and ``policy_source``.
     Raises InputError for bad tables or too few subjects (see :func:`evaluate`).
     """
+    from drift.measure.sctcsv import pair_diameter_ap
+
     policy = DEFAULT_POLICY if policy is None else policy
     wanted = list(dict.fromkeys([*policy.metrics, *(metrics or [])]))
+    # Like with like: SCT 7.4's measured diameter_AP is never paired with the older ellipse.
+    baseline, candidate, diameter_note = pair_diameter_ap(baseline, candidate)
     comparison = compare_tables(
         baseline,
         candidate,
@@ -822,6 +826,8 @@ def drift_result(
     )
     gate = evaluate(comparison, policy)
     prov = dict(provenance or {})
+    if diameter_note is not None:
+        prov["diameter_AP"] = diameter_note
     prov.setdefault("policy_sha256", policy_sha256(policy))
     prov.setdefault("policy_source", policy.source)
     return DriftResult(comparison=comparison, gate=gate, policy=policy, provenance=prov)

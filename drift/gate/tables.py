@@ -108,7 +108,7 @@ def read_sct_tidy(
             raws.append(raw)
             tick()
     try:
-        return _tidy(raws, [(s, c) for _, s, c in files])
+        tidy = _tidy(raws, [(s, c) for _, s, c in files])
     except (ValueError, KeyError, TypeError, OverflowError):
         # Name the file: the per-file conversion raises on the first bad one.
         from drift.measure.sctcsv import read_sct_csv, sct_to_tidy
@@ -119,6 +119,20 @@ def read_sct_tidy(
             except (ValueError, KeyError, TypeError) as err:
                 raise InputError(f"cannot read SCT morphometry ({err})", f) from err
         raise
+    # Which diameter_AP the files hold (SCT 7.4 measured vs the older ellipse): one kind.
+    from drift.measure.sctcsv import DIAMETER_AP_ATTR
+
+    kinds = ["measured" if "MEAN(diameter_AP_ellipse)" in r else "ellipse" for r in raws]
+    for (f, _, _), kind in zip(files, kinds, strict=True):
+        if kind != kinds[0]:
+            raise InputError(
+                f"is {kind} diameter_AP among {kinds[0]} ones: SCT 7.4 (29-column) and older "
+                "(23-column) files do not hold the same diameter_AP",
+                f,
+            )
+    if kinds:
+        tidy.attrs[DIAMETER_AP_ATTR] = kinds[0]
+    return tidy
 
 
 #: A file's raw columns: ``Slice (I->S)`` and ``VertLevel`` as pyarrow text arrays (a

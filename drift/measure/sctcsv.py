@@ -159,3 +159,56 @@ def write_sct_csv(
     with atomic_path(path) as tmp:
         out.to_csv(tmp, index=False, na_rep="")
     return path
+
+
+#: ``tidy.attrs`` key holding which ``diameter_AP`` a tidy table carries (diameter_ap_kind).
+DIAMETER_AP_ATTR = "diameter_AP"
+
+
+def pair_diameter_ap(
+    baseline: pd.DataFrame, candidate: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+    """Make ``diameter_AP`` the same quantity in two tidy tables before they are paired.
+
+    Each table's ``attrs["diameter_AP"]`` says what its files hold (see
+    :func:`diameter_ap_kind`; absent for tables cordwatch measured itself, which follow the
+    current instrument: ``measured``). When one side is SCT >= 7.4 (measured AP extent) and
+    the other older (the ellipse's minor axis, e.g. the normative database r20250321), the
+    measured side's ``diameter_AP`` is replaced by its ``diameter_AP_ellipse``: ellipse is
+    compared with ellipse, never with the measured extent. Returns the two tables and a
+    sentence saying what was compared (None when the kinds are not known on either side).
+
+    >>> old = pd.DataFrame({"diameter_AP": [7.0]}); old.attrs["diameter_AP"] = "ellipse"
+    >>> new = pd.DataFrame({"diameter_AP": [6.8], "diameter_AP_ellipse": [7.1]})
+    >>> new.attrs["diameter_AP"] = "measured"
+    >>> b, c, note = pair_diameter_ap(old, new)
+    >>> c["diameter_AP"].tolist(), note.split(":")[0]
+    ([7.1], 'diameter_AP compared as the ellipse minor axis on both sides')
+    """
+    kinds = [t.attrs.get(DIAMETER_AP_ATTR) for t in (baseline, candidate)]
+    if kinds == [None, None]:
+        return baseline, candidate, None
+    b_kind, c_kind = (k or "measured" for k in kinds)
+    if b_kind == c_kind:
+        what = "SCT 7.4 measured AP extent" if b_kind == "measured" else "ellipse minor axis"
+        return baseline, candidate, f"diameter_AP is the {what} on both sides"
+    tables = [baseline, candidate]
+    side = 0 if b_kind == "measured" else 1
+    measured = tables[side]
+    if "diameter_AP_ellipse" not in measured.columns:
+        role = ("baseline", "candidate")[side]
+        raise InputError(
+            f"the {role} holds SCT 7.4's measured diameter_AP but no diameter_AP_ellipse to "
+            "compare with the other side's ellipse diameter_AP"
+        )
+    swapped = measured.copy()
+    swapped["diameter_AP"] = swapped["diameter_AP_ellipse"]
+    swapped.attrs[DIAMETER_AP_ATTR] = "ellipse"
+    tables[side] = swapped
+    old, new = ("baseline", "candidate") if side == 1 else ("candidate", "baseline")
+    note = (
+        "diameter_AP compared as the ellipse minor axis on both sides: the "
+        f"{old} files predate SCT 7.4 (23 columns, diameter_AP = ellipse), the {new} files "
+        "are SCT 7.4's (diameter_AP_ellipse used; the measured diameter_AP is not compared)"
+    )
+    return tables[0], tables[1], note
