@@ -278,59 +278,80 @@ def figure_slice_profile(result: DriftResult) -> Figure:
 
 
 def figure_bland_altman(result: DriftResult, metric: str = "area") -> Figure:
-    """Bland-Altman per gated level: difference (candidate - baseline) against the mean of the
-    subject level values, with the bias, the 95 % limits of agreement and, shaded, the fail
-    margin in the metric's units. One y scale for all panels; never narrower than half the
-    fail margin, so floating-point noise (|difference| < 1e-9 of the value) reads as zero."""
+    """Bland-Altman per gated level, the levels side by side on one axes (one slot each):
+    difference (candidate - baseline) against the mean of the subject level values (scaled to
+    the slot; the slot's range is printed under it), with the bias (solid), the 95 % limits of
+    agreement (dashed) and, shaded, the fail margin in the metric's units. The y scale is never
+    narrower than half the fail margin, so floating-point noise (|difference| < 1e-9 of the
+    value) reads as zero."""
     comp = result.comparison
     lv = comp.levels[(comp.levels["metric"] == metric) & (comp.levels["n_subjects"] >= 2)]
     gated = [result.gate.status_of(metric, name) is not None for name in lv["level_name"]]
     if any(gated):  # the gated levels; every level with pairs when none is gated
         lv = lv[gated]
     n = max(len(lv), 1)
-    cols = min(n, 4)
-    rows = int(np.ceil(n / cols))
-    fig = _figure(
-        2.6 * cols + 0.9, 2.3 * rows + 0.9, left=0.9, bottom=0.65, top=0.5, wspace=0.3, hspace=0.5
-    )
-    axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+    fig = _figure(max(1.25 * n + 1.2, 5.0), 3.6, left=0.9, bottom=0.95, top=0.55)
+    ax = fig.subplots()
     subj = comp.subjects[comp.subjects["metric"] == metric]
     fail, _ = _margins(result, metric)
     unit = METRIC_UNITS.get(metric, "")
-    extent = 0.0
-    for ax, row in zip(axes, lv.itertuples(), strict=False):
+    xs, ys, bias_y, loa_y, band = [], [], [], [], []
+    labels = []
+    for i, row in enumerate(lv.itertuples()):
         s = subj[subj["level"] == row.level]
         b, c = s["baseline"].to_numpy(float), s["candidate"].to_numpy(float)
         mean = (b + c) / 2
         diff = c - b
         diff = np.where(np.abs(diff) <= FP_RTOL * np.abs(mean), 0.0, diff)
-        ax.scatter(mean, diff, s=10, alpha=0.7, color="#1f77b4", lw=0)
-        bias = float(np.mean(diff)) if diff.size else 0.0
-        loas = [row.ba_loa_low, row.ba_loa_high]
-        if not np.any(diff):
-            bias, loas = 0.0, [0.0, 0.0]
-        if fail is not None and mean.size:
-            band = fail / 100 * float(np.mean(mean))
-            ax.axhspan(-band, band, color="#ffe0b2", lw=0, zorder=0)
-            extent = max(extent, band * 0.5)
-        ax.axhline(bias, color="#c62828", lw=1)
-        ax.hlines(loas, 0, 1, transform=ax.get_yaxis_transform(), color="#c62828", lw=0.8, ls="--")
-        ax.axhline(0, color="black", lw=0.5)
-        finite = np.abs(np.r_[diff, loas][np.isfinite(np.r_[diff, loas])])
-        extent = max(extent, float(finite.max()) if finite.size else 0.0)
-        pct = 0.0 if bias == 0 else row.ba_bias_pct
-        _title(ax, f"{row.level_name}: bias {bias:+.3g} {unit} ({pct:+.2f} %)", fontsize=9)
-        ax.tick_params(labelsize=8)
-        ax.xaxis.set_major_locator(MaxNLocator(4))
-        ax.yaxis.set_major_locator(MaxNLocator(5))
+        lo, hi = (float(mean.min()), float(mean.max())) if mean.size else (0.0, 1.0)
+        x = i + (0.8 * (mean - lo) / (hi - lo) - 0.4 if hi > lo else np.zeros_like(mean))
+        xs.append(x)
+        ys.append(diff)
+        identical = not np.any(diff)
+        bias = 0.0 if identical else float(np.mean(diff))
+        loas = [0.0, 0.0] if identical else [float(row.ba_loa_low), float(row.ba_loa_high)]
+        bias_y.append(bias)
+        loa_y += loas
+        band.append(fail / 100 * float(np.mean(mean)) if fail is not None and mean.size else 0.0)
+        pct = 0.0 if identical else float(row.ba_bias_pct)
+        labels.append(
+            f"{row.level_name}\nbias {bias:+.3g}\n({pct:+.2f} %)\n{lo:.3g}-{hi:.3g} {unit}"
+        )
+    if band and fail is not None:
+        edges = np.repeat(np.arange(len(band)), 2) + np.tile([-0.45, 0.45], len(band))
+        half = np.repeat(band, 2)
+        ax.fill_between(edges, -half, half, color="#ffe0b2", lw=0, zorder=0)
+    if xs:
+        ax.scatter(np.concatenate(xs), np.concatenate(ys), s=10, alpha=0.7, color="#1f77b4", lw=0)
+        centers = np.arange(len(bias_y), dtype=float)
+        ax.hlines(bias_y, centers - 0.45, centers + 0.45, color="#c62828", lw=1.2)
+        pairs = np.repeat(centers, 2)
+        ax.hlines(loa_y, pairs - 0.45, pairs + 0.45, color="#c62828", lw=0.8, ls="--")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.vlines(
+        np.arange(len(labels) - 1) + 0.5,
+        0,
+        1,
+        transform=ax.get_xaxis_transform(),
+        color="#bdbdbd",
+        lw=0.6,
+    )
+    values = np.abs(np.r_[np.concatenate(ys) if ys else [], loa_y, [b * 0.5 for b in band]])
+    extent = float(np.nanmax(values)) if values.size else 0.0
     if extent > 0:
-        axes[0].set_ylim(-1.15 * extent, 1.15 * extent)
-    for ax in axes[len(lv) :]:
-        ax.remove()
-    fig.supxlabel(f"mean of baseline and candidate {_label(metric)}", fontsize=9)
-    fig.supylabel(f"candidate - baseline ({unit or 'unitless'})", fontsize=9)
-    fig.suptitle(
-        f"red: bias and 95 % limits of agreement; amber: ±fail margin in {unit or 'metric units'}",
+        ax.set_ylim(-1.15 * extent, 1.15 * extent)
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_xticks(np.arange(len(labels)), labels, fontsize=7)
+    ax.yaxis.set_major_locator(MaxNLocator(6))
+    ax.set_ylabel(f"candidate - baseline ({unit or 'unitless'})", fontsize=9)
+    ax.set_xlabel(
+        f"vertebral level; within each slot: mean of baseline and candidate {metric}, low to high",
+        fontsize=8,
+    )
+    _title(
+        ax,
+        "red: bias (solid) and 95 % limits of agreement (dashed); amber: ±fail margin "
+        f"in {unit or 'metric units'}",
         fontsize=9,
     )
     return fig
