@@ -169,7 +169,37 @@ def bad_inputs(tmp_path: Path, cord: dict[str, Path]) -> dict[str, tuple[list[st
         np.diag([1.0, 1.0, 1.0, 1.0]),
     )
     s, lab = str(seg), str(cord["labeled"])
+    shape = nib.load(seg).shape
+    no_pmj = save(np.zeros(shape, np.uint8), tmp_path / "pmj0.nii.gz")
+    two = np.zeros(shape, np.uint8)
+    two[16, 16, 28], two[16, 18, 29] = 1, 1
+    two_pmj = save(two, tmp_path / "pmj2.nii.gz")
+    low = np.zeros(shape, np.uint8)
+    low[16, 16, 10] = 1
+    low_pmj = save(low, tmp_path / "pmjlow.nii.gz")
+    pmj_args = ["--pmj-distance", "5"]
     return {
+        "PMJ without label": (
+            ["morphometry", s, "--pmj", str(no_pmj), *pmj_args],
+            "pmj0.nii.gz",
+            "empty",
+        ),
+        "PMJ with two labels": (
+            ["morphometry", s, "--pmj", str(two_pmj), *pmj_args],
+            "pmj2.nii.gz",
+            "2 labelled voxels",
+        ),
+        "PMJ inside the cord": (
+            ["morphometry", s, "--pmj", str(low_pmj), *pmj_args],
+            "pmjlow.nii.gz",
+            "within or below the cord's extent",
+        ),
+        "slices outside": (
+            ["morphometry", s, "--slices", "10:40"],
+            "seg.nii.gz",
+            "outside the image",
+        ),
+        "slices syntax": (["morphometry", s, "--slices", "ten"], "", "--slices must look like"),
         "missing": (["morphometry", str(tmp_path / "nope.nii.gz")], "nope.nii.gz", "not found"),
         "not nifti": (["morphometry", str(text)], "notes.nii.gz", ""),
         "corrupted gzip": (["morphometry", str(broken)], "broken.nii.gz", ""),
@@ -204,6 +234,11 @@ def bad_inputs(tmp_path: Path, cord: dict[str, Path]) -> dict[str, tuple[list[st
         "shape",
         "affine",
         "absent levels",
+        "PMJ without label",
+        "PMJ with two labels",
+        "PMJ inside the cord",
+        "slices outside",
+        "slices syntax",
         "no levels",
         "bad mode",
     ],
@@ -220,3 +255,29 @@ def test_bad_input_one_line_exit_2_no_output(case: str, cord, tmp_path: Path) ->
     assert says in lines[0]
     assert not out.exists()
     assert not list(tmp_path.glob(".result.csv.*"))
+
+
+def test_vert_with_some_levels_absent_warns_once_and_goes_on(cord, tmp_path: Path) -> None:
+    out = tmp_path / "v.csv"
+    args = ["morphometry", str(cord["seg"]), "--vertfile", str(cord["labeled"]), "--perlevel"]
+    result = runner.invoke(app, [*args, "--vert", "2:7", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cordwatch: warning: ")
+    assert "[5, 6, 7]" in lines[0] and "labeled.nii.gz" in lines[0]
+    assert read_sct_csv(out)["VertLevel"].tolist() == ["4", "3", "2"]
+
+
+def test_slices_range_and_perslice_every_slice(cord, tmp_path: Path) -> None:
+    out = tmp_path / "s.csv"
+    args = ["morphometry", str(cord["seg"]), "--slices", "10:19", "-o", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    table = read_sct_csv(out)
+    assert table["Slice (I->S)"].tolist() == ["10:19"]
+    assert float(table["SUM(length)"].iloc[0]) == pytest.approx(10 * 0.8)
+    out2 = tmp_path / "p.csv"
+    args = ["morphometry", str(cord["seg"]), "--perslice", "--slices", "3,5:6", "-o", str(out2)]
+    assert runner.invoke(app, args).exit_code == 0
+    table = read_sct_csv(out2)
+    assert table["Slice (I->S)"].tolist() == ["3", "5", "6"]
+    assert (table["STD(area)"] == 0.0).all()

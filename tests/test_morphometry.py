@@ -301,3 +301,22 @@ def test_real_subject_levels_from_discs(t2) -> None:
     assert set(np.unique(old)) == {0, 3, 4}
     assert np.flatnonzero(old == 3).tolist() == list(range(27, 44))
     assert np.flatnonzero(old == 4).tolist() == list(range(9, 27))
+
+
+def test_real_subject_pam50_outer_levels_scaled_n_over_m_as_sct(t2) -> None:
+    """SCT's interpolate_metrics: the outer levels use the mean PAM50/subject slice ratio
+    m/n of the inner levels (cordwatch used (m-1)/(n-1) before), anchored at the inner
+    boundary; every PAM50 slice of a present level is listed, unfilled ones NaN."""
+    seg, levels = t2["seg"], t2["levels"]
+    metrics = slice_metrics(seg.data, seg.spacing, "sct")
+    normalised, norm_levels = normalize_pam50(metrics, levels)
+    table = pam50_levels().set_index("level")
+    assert len(normalised) == int(table.loc[[2, 3, 4, 5], "n_slices"].sum())
+    scale = np.mean([table.loc[lv, "n_slices"] / (levels == lv).sum() for lv in (3, 4)])
+    for level, anchor in ((2, "slice_min"), (5, "slice_max")):
+        rows = normalised[norm_levels == level]
+        filled = rows.index[rows["area"].notna()]
+        n = int(min(int(scale * (levels == level).sum()), table.loc[level, "n_slices"]))
+        assert len(filled) == n
+        assert table.loc[level, anchor] in filled  # anchored at the inner boundary
+    assert normalised["length"].isna().all()  # SCT does not interpolate length
