@@ -336,3 +336,42 @@ def test_docs_api_examples() -> None:
     api = Path(__file__).resolve().parents[1] / "docs" / "api.md"
     res = doctest.testfile(str(api), module_relative=False, optionflags=doctest.ELLIPSIS)
     assert res.attempted > 20 and res.failed == 0
+
+
+@pytest.mark.slow
+def test_qc_images_from_phantom_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nibabel as nib
+    from scipy import ndimage
+
+    from drift.cohort.evaluate import measure_cohort
+    from drift.cohort.manifest import PhantomRecipe, load_cohort, write_phantom_manifest
+    from drift.cohort.roots import ensure_root
+    from drift.gate import qc
+
+    monkeypatch.setenv("CORDWATCH_HOME", str(tmp_path / "home"))
+    recipe = PhantomRecipe(n_subjects=5, seed=3, contrasts=("T2w",))
+    cohort = load_cohort(write_phantom_manifest(tmp_path / "c", name="qc-small", recipe=recipe))
+    root = ensure_root(cohort, None)
+    paths: dict[str, dict[str, Path]] = {"baseline": {}, "candidate": {}}
+    for it in cohort.items:  # the candidate dilates sub-phantom01's cord by one voxel
+        img = nib.load(it.gt_seg.locate(root))
+        seg = np.asarray(img.dataobj) > 0.5
+        grown = ndimage.binary_dilation(seg) if it.subject.endswith("01") else seg
+        for role, data in (("baseline", seg), ("candidate", grown)):
+            p = tmp_path / f"{it.subject}_{role}.nii.gz"
+            nib.save(nib.Nifti1Image(data.astype(np.uint8), img.affine), p)
+            paths[role][f"{it.subject}/{it.contrast}"] = p
+    tables = {
+        role: measure_cohort(
+            cohort.items, root, {tuple(k.split("/")): v for k, v in found.items()}
+        ).table
+        for role, found in paths.items()
+    }
+    res = drift_result(tables["baseline"], tables["candidate"])
+    assert res.verdict == "fail"
+    images = qc.qc_images(res, cohort, root, paths, labels={"baseline": "cs/1"})
+    c4 = images["C4_sub-phantom01_T2w"]
+    assert c4[0].startswith("sub-phantom01 T2w, C4, slice ") and "failing level" in c4[0]
+    assert c4[1].startswith(PNG_MAGIC)
+    # Only the subject that changed is shown for the failing levels.
+    assert {k.split("_")[1] for k in images} == {"sub-phantom01"}

@@ -63,7 +63,8 @@ def qc_targets(result: DriftResult, per_level: int = 2) -> list[QCTarget]:
         subj = comp.subjects[
             (comp.subjects["metric"] == c.metric) & (comp.subjects["level"] == level)
         ]
-        top = subj.assign(size=subj["log_ratio"].abs()).nlargest(per_level, "size")
+        sized = subj.assign(size=subj["log_ratio"].abs())
+        top = sized[sized["size"] > 1e-9].nlargest(per_level, "size")  # changed at all
         wanted += [(c.metric, level, str(s), "failing level") for s in top["subject"]]
     for r in comp.outliers.to_dict("records"):
         wanted.append((str(r["metric"]), int(r["level"]), str(r["subject"]), "outlier"))
@@ -140,7 +141,10 @@ def qc_image(
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=8)
-    handles = [Line2D([], [], color=COLOURS[k], lw=1.5, label=labels.get(k, k)) for k in COLOURS]
+    handles = [
+        Line2D([], [], color=COLOURS[k], lw=1.5, label=f"{k} {labels.get(k, '')}".strip())
+        for k in COLOURS
+    ]
     fig.legend(handles=handles, loc="lower center", ncols=2, fontsize=7, frameon=False)
     return figure_png(fig)
 
