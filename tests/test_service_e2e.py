@@ -5,7 +5,8 @@ phantom cohort (3 subjects x T2w; policy min_subjects 3). Nobody calls ``drift c
 
 - webhook: demo-biased registered as candidate against demo-good as champion gets verdict
   ``fail`` on the version, on /models/NAME and /api/models/NAME;
-- poll alone (no webhook, no secret): the same;
+- poll alone (no webhook, no secret), two replicas polling every second: the same, checked
+  once;
 - exactly-once: webhook + poll + a replayed delivery + SIGKILL and restart mid-check give one
   drift run and one verdict for the key;
 - refusals (bad signature 401, stale timestamp 400, missing/wrong token 401) and no secret
@@ -49,7 +50,9 @@ WEBHOOK_ENV = {
 }
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout: float, service: Service | None = None):
+def wait_for(
+    what: str, probe: Callable[[], Any], timeout: float, service: Service | None = None
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = probe()
@@ -295,31 +298,37 @@ def test_refusals_escaping_and_no_secret_anywhere(world: dict[str, Any], hooked:
     assert_no_secret(hooked.log_text(), *pages)
 
 
-def test_poll_alone_gates_the_candidate(world: dict[str, Any]) -> None:
+def test_poll_alone_gates_the_candidate_with_two_replicas(world: dict[str, Any]) -> None:
     reg: Registry = world["reg"]
     for hook in reg.client.list_webhooks():
         reg.client.delete_webhook(hook.webhook_id)
     env = {k: v for k, v in world["env"].items() if k != "CORDWATCH_WEBHOOK_SECRET"}
-    svc = serve(world, "polled", "--poll-seconds", "2", env=env).start()
+    replicas = [serve(world, f"polled{i}", "--poll-seconds", "1", env=env) for i in (1, 2)]
     try:
+        for svc in replicas:
+            svc.start()
         register_pair(reg, "pl")
-        wait_for("the check to finish", lambda: finished_events(svc, "pl/2"), 900, svc)
+        wait_for("the check to finish",
+                 lambda: any(finished_events(svc, "pl/2") for svc in replicas), 900)  # fmt: skip
+        time.sleep(4)  # more polls on both replicas: nothing runs again
         assert verdict(reg, "pl/2") == "fail"
-        claimed = [e for e in svc.events() if e["event"] == "claimed"]
-        assert [e["trigger"] for e in claimed] == ["poll"]
-        assert not [e for e in svc.events() if e["event"] == "received"]
-        api = svc.json("/api/models/pl")
-        assert {v["version"]: v["verdict"] for v in api["versions"]} == {1: None, 2: "fail"}
-        status, html = svc.get("/models/pl")
-        assert status == 200 and "verdict-fail" in html
-        world["polled"] = svc
-        # With no secret configured, every delivery is refused.
-        assert svc.deliver("model_version.created", {"name": "pl", "version": "2"})[0] == 401
-        time.sleep(5)  # two more polls: nothing new
+        claimed = [e for svc in replicas for e in svc.events() if e["event"] == "claimed"]
+        assert [e["trigger"] for e in claimed] == ["poll"]  # one replica, once
+        assert not [e for svc in replicas for e in svc.events() if e["event"] == "received"]
         assert len(drift_runs(reg, "pl/2")) == 1
-        assert_no_secret(svc.log_text())
+        for svc in replicas:  # both show it
+            api = svc.json("/api/models/pl")
+            assert {v["version"]: v["verdict"] for v in api["versions"]} == {1: None, 2: "fail"}
+            status, html = svc.get("/models/pl")
+            assert status == 200 and "verdict-fail" in html
+        # With no secret configured, every delivery is refused.
+        svc = replicas[0]
+        assert svc.deliver("model_version.created", {"name": "pl", "version": "2"})[0] == 401
+        for svc in replicas:
+            assert_no_secret(svc.log_text())
     finally:
-        svc.stop()
+        for svc in replicas:
+            svc.stop()
 
 
 def test_exactly_once_through_webhook_poll_replay_and_sigkill(world: dict[str, Any]) -> None:
