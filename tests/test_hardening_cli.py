@@ -293,3 +293,20 @@ def test_9_oversized_policy_is_refused_before_parsing_and_error_is_short(tmp_pat
     assert code == 2
     line = one_error_line(stderr)
     assert str(policy) in line and len(line) < 500
+
+
+# -- 10. minor -----------------------------------------------------------------------------------
+
+
+def test_10_truncated_nii_and_complex_image_give_one_line(seg: Path, tmp_path: Path) -> None:
+    img = nib.load(str(seg))
+    plain = tmp_path / "seg.nii"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj, np.float32), img.affine), plain)
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(plain.read_bytes()[:-100])
+    code, _, stderr = invoke("morphometry", cut)
+    assert code == 2 and "truncated" in one_error_line(stderr)
+    cplx = tmp_path / "complex.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj, np.complex64), img.affine), cplx)
+    code, _, stderr = invoke("morphometry", cplx)
+    assert code == 2 and "complex" in one_error_line(stderr)

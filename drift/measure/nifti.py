@@ -30,6 +30,61 @@ finally:
         del sys.modules["pydicom"]
 
 RPI = ("L", "A", "S")
+#: Largest volume read (voxels): a whole-spine 0.5 mm scan is ~2e8; 2**30 voxels of float32
+#: are 4 GiB. A header claiming more is refused before any data is read.
+MAX_VOXELS = 1 << 30
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _gzip_size_mod_32(path: Path) -> int | None:
+    """ISIZE of a gzip file: its uncompressed size modulo 2**32 (last member), or None."""
+    with open(path, "rb") as fh:
+        if fh.read(2) != b"\x1f\x8b":
+            return None
+        fh.seek(0, 2)
+        if fh.tell() < 18:
+            return None
+        fh.seek(-4, 2)
+        return int.from_bytes(fh.read(4), "little")
+
+
+def check_data_size(img: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> None:
+    """Refuse a header whose data cannot be in the file, before reading any of it.
+
+    The shape times the item size (plus the data offset) must be at most :data:`MAX_VOXELS`
+    voxels and must fit in the file: its size for ``.nii``, the gzip trailer's uncompressed
+    size for ``.nii.gz`` (exact below 4 GiB). Complex-valued data are refused too.
+    """
+    header = img.header
+    shape = tuple(int(n) for n in header.get_data_shape())
+    dtype = header.get_data_dtype()
+    if dtype.kind == "c":
+        raise InputError(f"complex-valued data ({dtype}) is not a segmentation or image", path)
+    voxels = int(np.prod(shape, dtype=np.float64)) if shape else 0
+    if voxels > MAX_VOXELS:
+        raise InputError(
+            f"header claims {'x'.join(map(str, shape))} = {voxels} voxels (limit {MAX_VOXELS})",
+            path,
+        )
+    needed = int(header.get_data_offset()) + voxels * dtype.itemsize
+    isize = _gzip_size_mod_32(path)
+    if isize is None:
+        have = path.stat().st_size
+        kind = "file"
+    elif needed < 1 << 32:
+        have, kind = isize, "uncompressed"
+    else:
+        return
+    if have < needed:
+        raise InputError(
+            f"truncated: the header needs {needed} bytes of {'x'.join(map(str, shape))} "
+            f"{dtype} data, the {kind} size is {have}",
+            path,
+        )
 
 
 @dataclass(frozen=True)
@@ -45,8 +100,9 @@ class Volume:
 def load_volume(path: str | Path) -> Volume:
     """Load a 3D NIfTI (a trailing 4th axis of length 1 is dropped) and reorient it to RPI.
 
-    Raises InputError naming the file for: missing file, not NIfTI, corrupted gzip, 4D data,
-    NaN or infinite values.
+    Raises InputError naming the file for: missing file, not NIfTI, corrupted gzip, a header
+    whose data cannot be in the file (checked before reading), complex data, 4D data, NaN or
+    infinite values.
     """
     path = Path(path)
     if not path.is_file():
@@ -55,11 +111,14 @@ def load_volume(path: str | Path) -> Volume:
         img = nib.load(str(path))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise InputError(f"not a NIfTI image ({type(img).__name__})", path)
+        check_data_size(img, path)
         data = np.asanyarray(img.dataobj)
     except nib.filebasedimages.ImageFileError as err:
         raise InputError("not a NIfTI image", path) from err
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as err:
-        raise InputError(f"unreadable or corrupted file ({err})", path) from err
+        raise InputError(f"unreadable or corrupted file ({_one_line(err)})", path) from err
+    except MemoryError as err:
+        raise InputError("too large to read into memory", path) from err
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
