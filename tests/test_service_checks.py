@@ -186,3 +186,24 @@ def test_shutdown_interrupts_a_check_before_anything_is_recorded(
     assert [a.state for a in store.attempts(t.key.digest)] == ["interrupted"]
     resumed = store.claim(t, "poll")  # not a failure: the next poll resumes it at once
     assert resumed is not None and resumed.number == 2
+
+
+def test_a_finished_drift_run_counts_before_the_version_is_tagged(store: CheckStore) -> None:
+    """What a SIGKILL inside record_verdict leaves (run finished, tags not yet set): the key
+    has its verdict, so the resumed service does not log a second drift run."""
+    t = target(store)
+    attempt = store.claim(t, "poll")
+    assert attempt is not None
+    reg = store.reg
+    exp_id = reg.ensure_experiment("cordwatch-drift")
+    run = reg.client.create_run(exp_id, tags={"cordwatch.candidate": t.candidate.ref,
+                                              "cordwatch.baseline": t.baseline.ref,
+                                              "cordwatch.drift.verdict": "warn"})  # fmt: skip
+    for key, value in (("cohort_sha256", t.key.cohort_sha256),
+                       ("policy_sha256", t.key.policy_sha256)):  # fmt: skip
+        reg.client.log_param(run.info.run_id, key, value)
+    assert store.verdict_for(t) is None  # still running: not a recorded verdict
+    reg.client.set_terminated(run.info.run_id, "FINISHED")
+    assert store.verdict_for(t) == "warn"
+    store.set_state(attempt, state="recording", heartbeat="0")  # its owner died recording
+    assert store.claim(t, "poll") is None

@@ -223,8 +223,34 @@ class CheckStore:
         return Target(name, cand, base, key)
 
     def verdict_for(self, target: Target) -> str | None:
-        """The verdict already recorded on the candidate for this key, if any."""
+        """The verdict already recorded on the candidate for this key, if any: in the version's
+        tags, else in a finished drift run (record_verdict finishes the run before it tags
+        the version, so a process killed in between left a run, not yet the tags; the run
+        counts, so the check is not run twice, and ``cordwatch models audit`` flags the tags).
+        """
         tags = self.reg.resolve(target.candidate.ref).tags
+        verdict = self._tagged_verdict(target, tags)
+        return verdict if verdict is not None else self.recorded_run_verdict(target)
+
+    def recorded_run_verdict(self, target: Target) -> str | None:
+        """The verdict of a finished drift run of this key (candidate, baseline, cohort and
+        policy as the run's tags and params say), if there is one."""
+        from drift.gate.check import DRIFT_EXPERIMENT
+
+        exp = self.reg.client.get_experiment_by_name(DRIFT_EXPERIMENT)
+        if exp is None:
+            return None
+        query = (
+            f"tags.`cordwatch.candidate` = '{target.candidate.ref}'"
+            f" and tags.`cordwatch.baseline` = '{target.baseline.ref}'"
+            f" and params.cohort_sha256 = '{target.key.cohort_sha256}'"
+            f" and params.policy_sha256 = '{target.key.policy_sha256}'"
+            " and attributes.status = 'FINISHED'"
+        )
+        runs = self.reg.client.search_runs([exp.experiment_id], query, max_results=1)
+        return runs[0].data.tags.get(VERDICT_TAG) if runs else None
+
+    def _tagged_verdict(self, target: Target, tags: dict[str, str]) -> str | None:
         verdict = tags.get(VERDICT_TAG)
         if not verdict:
             return None

@@ -157,12 +157,19 @@ class Monitor:
     def _poll_items(self, already: list[Pending]) -> list[Pending]:
         self.last_poll = time.time()
         names = {p.model for p in already}
+        found: list[str] = []
+        token = None
         try:
-            models = self.reg.client.search_registered_models(max_results=1000)
+            while True:
+                page = self.reg.client.search_registered_models(max_results=1000, page_token=token)
+                found.extend(m.name for m in page)
+                token = page.token
+                if not token:
+                    break
         except Exception as err:
             log_warning("poll-failed", error=_short(err))
             return []
-        return [Pending(m.name, "poll", time.time()) for m in models if m.name not in names]
+        return [Pending(name, "poll", time.time()) for name in found if name not in names]
 
     # -- one model --------------------------------------------------------------------------
     def reconcile(self, model: str, trigger: str, *, force: bool = False) -> str | None:
