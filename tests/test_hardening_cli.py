@@ -310,3 +310,45 @@ def test_10_truncated_nii_and_complex_image_give_one_line(seg: Path, tmp_path: P
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj, np.complex64), img.affine), cplx)
     code, _, stderr = invoke("morphometry", cplx)
     assert code == 2 and "complex" in one_error_line(stderr)
+
+
+# -- 6. damaged or impossible values (drift compare's CSV reading) -----------------------------
+
+
+def test_6_candidate_csv_truncated_mid_line_is_an_error(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    base, cand = dirs
+    victim = cand / "sub-02_T2w_PAM50.csv"
+    victim.write_bytes(victim.read_bytes()[:-7])  # cut inside the last row
+    code, _, stderr = invoke("drift", "compare", base, cand, "--json", tmp_path / "r.json")
+    line = one_error_line(stderr)
+    assert code == 2 and "truncated" in line and str(victim) in line
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("value", ["-75.0", "inf", "-inf"])
+def test_6_impossible_area_is_refused_naming_file_and_row(
+    dirs: tuple[Path, Path], value: str
+) -> None:
+    base, cand = dirs
+    victim = cand / "sub-03_T2w_PAM50.csv"
+    df = pd.read_csv(victim, dtype=str, keep_default_na=False)
+    df.loc[4, "MEAN(area)"] = value
+    df.to_csv(victim, index=False)
+    code, _, stderr = invoke("drift", "compare", base, cand)
+    line = one_error_line(stderr)
+    assert code == 2 and str(victim) in line and "line 6: MEAN(area) is" in line, line
+
+
+def test_6_negative_diameter_refused_by_the_per_file_reader(tmp_path: Path) -> None:
+    from drift.measure.sctcsv import read_sct_csv
+    from registry.errors import InputError
+
+    folder = write_csvs(tmp_path / "d", n=1)
+    victim = folder / "sub-00_T2w_PAM50.csv"
+    df = pd.read_csv(victim, dtype=str, keep_default_na=False)
+    df.loc[0, "MEAN(diameter_RL)"] = "-1"
+    df.to_csv(victim, index=False)
+    with pytest.raises(InputError, match=r"line 2: MEAN\(diameter_RL\) is -1, .*negative"):
+        read_sct_csv(victim)

@@ -149,8 +149,13 @@ def _metric_sources() -> list[tuple[str, str]]:
 def _read_raw(path: Path) -> _Raw:
     """One file's raw columns, by pyarrow when it takes the file as it is, else by the
     per-file pandas reader (which raises InputError naming the file when it is bad)."""
+    from drift.measure.sctcsv import check_values
+
     raw = _read_raw_arrow(path)
-    return raw if raw is not None else _read_raw_pandas(path)
+    if raw is None:
+        return _read_raw_pandas(path)  # read_sct_csv checks the values
+    check_values(raw, path)
+    return raw
 
 
 def _read_raw_arrow(path: Path) -> _Raw | None:
@@ -166,6 +171,8 @@ def _read_raw_arrow(path: Path) -> _Raw | None:
         header = next(csv.reader([data[: end if end >= 0 else len(data)].decode()]))
     except (OSError, UnicodeDecodeError, StopIteration, csv.Error):
         return None
+    if not data.endswith((b"\n", b"\r")):
+        return None  # cut off: read_sct_csv names the file and the problem
     names = [n.strip("\r") for n in header]
     if len(set(names)) != len(names) or any(c not in names for c in _REQUIRED):
         return None

@@ -78,23 +78,58 @@ def diameter_ap_kind(columns: Sequence[str]) -> str:
 
 
 _REQUIRED = ("Slice (I->S)", "VertLevel", "MEAN(area)")
+#: Metrics that cannot be negative (mm², mm); every metric must be finite or empty (NaN).
+NON_NEGATIVE = ("area", "diameter_AP", "diameter_RL", "diameter_AP_ellipse", "length")
+
+
+def check_complete(data: bytes, path: str | Path) -> None:
+    """InputError when the file's last line is cut off (no final newline: truncated copy)."""
+    if data and not data.endswith((b"\n", b"\r")):
+        raise InputError("truncated: the last line is incomplete (no final newline)", path)
+
+
+def check_values(columns: dict[str, object], path: str | Path) -> None:
+    """InputError naming the file and the line (header = line 1) of the first impossible
+    value: a negative area, diameter or length, or an infinite value in any metric column
+    (``MEAN(m)``/``SUM(m)``; empty cells are NaN and allowed)."""
+    import numpy as np
+
+    for col, values in columns.items():
+        if not (col.startswith(("MEAN(", "SUM(")) and col.endswith(")")):
+            continue
+        v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
+        infinite = np.isinf(v)
+        bad = infinite | ((v < 0) if col[col.index("(") + 1 : -1] in NON_NEGATIVE else False)
+        if bad.any():
+            i = int(np.argmax(bad))
+            why = "not finite" if infinite[i] else "negative"
+            raise InputError(
+                f"line {i + 2}: {col} is {v[i]:g}, physically impossible ({why}; "
+                f"{int(bad.sum())} such row(s))",
+                path,
+            )
 
 
 def read_sct_csv(path: str | Path) -> pd.DataFrame:
     """Read an SCT morphometry CSV (23- or 29-column layout); columns keep SCT's names.
 
-    Raises InputError naming the file when it is missing, empty or lacks SCT's columns.
+    Raises InputError naming the file when it is missing, empty, truncated, lacks SCT's
+    columns or holds a physically impossible value (:func:`check_values`).
     """
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", path)
     try:
+        with open(path, "rb") as fh:
+            fh.seek(-1 if path.stat().st_size else 0, 2)
+            check_complete(fh.read(1), path)
         df = pd.read_csv(path, dtype={"Slice (I->S)": str, "VertLevel": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise InputError(f"not a readable CSV ({type(err).__name__})", path) from err
     missing = [c for c in _REQUIRED if c not in df.columns]
     if missing:
         raise InputError(f"not an SCT morphometry CSV: missing column(s) {missing}", path)
+    check_values({c: df[c] for c in df.columns}, path)
     return df
 
 
