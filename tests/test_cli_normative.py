@@ -54,7 +54,14 @@ def cw(*args: object) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def uniform_result(path: Path, factor: float, baseline: str | None, candidate: str) -> Path:
+def uniform_result(
+    path: Path, factor: float, baseline: str | None, candidate: str, reg: Registry
+) -> Path:
+    """A drift result with uniform factors naming its models (ref and package sha256)."""
+
+    def named(ref: str) -> dict[str, str]:
+        return {"ref": ref, "sha256": reg.resolve(ref).sha256}
+
     levels = {
         name: {
             "scaling_factor": factor,
@@ -64,7 +71,7 @@ def uniform_result(path: Path, factor: float, baseline: str | None, candidate: s
         }
         for name in ("C1", "C2", "C3", "C4", "C5", "C6", "C7", "T1", "T2")
     }
-    prov = {"candidate": {"ref": candidate}} | ({"baseline": {"ref": baseline}} if baseline else {})
+    prov = {"candidate": named(candidate)} | ({"baseline": named(baseline)} if baseline else {})
     doc = {
         "verdict": "warn",
         "metrics": {m: {"levels": levels} for m in ("area", "diameter_AP", "diameter_RL")},
@@ -159,7 +166,7 @@ def test_export(env: Env, db: str, tmp_path: Path) -> None:
 def test_update_rescale_prints_the_version_last(env: Env, db: str, tmp_path: Path) -> None:
     code, out, err = cw("import", env.src, "--name", "upd", "--model", "cordseg/1")
     assert code == 0
-    result = uniform_result(tmp_path / "r.json", 0.98, "cordseg/1", "cordseg/2")
+    result = uniform_result(tmp_path / "r.json", 0.98, "cordseg/1", "cordseg/2", env.reg)
     code, out, err = cw("update", "upd", "--model", "cordseg/2", "--scaling", result)
     assert code == 0, err
     lines = out.splitlines()
@@ -176,7 +183,7 @@ def test_update_rescale_prints_the_version_last(env: Env, db: str, tmp_path: Pat
 
 def test_update_refusals_exit_2(env: Env, db: str, tmp_path: Path) -> None:
     before = len(NormativeStore(env.reg).versions("cli-hc"))
-    uneven = uniform_result(tmp_path / "u.json", 1.0, "cordseg/1", "cordseg/3")
+    uneven = uniform_result(tmp_path / "u.json", 1.0, "cordseg/1", "cordseg/3", env.reg)
     doc = json.loads(uneven.read_text())
     doc["metrics"]["area"]["levels"]["C4"]["scaling_factor"] = 0.95
     uneven.write_text(json.dumps(doc))
@@ -200,7 +207,7 @@ def test_update_refusals_exit_2(env: Env, db: str, tmp_path: Path) -> None:
 def test_update_assume_baseline_is_loud_and_recorded(env: Env, tmp_path: Path) -> None:
     code, _, _ = cw("import", env.src, "--name", "nomodel")
     assert code == 0
-    result = uniform_result(tmp_path / "r.json", 0.99, None, "cordseg/2")
+    result = uniform_result(tmp_path / "r.json", 0.99, None, "cordseg/2", env.reg)
     code, _, err = cw("update", "nomodel", "--model", "cordseg/2", "--scaling", result)
     assert code == 2
     assert "nomodel@1 records no model" in err and "--assume-baseline" in err

@@ -113,8 +113,10 @@ def fake_result(
     baseline: str | None = "cordseg/1",
     candidate: str | None = "cordseg/2",
     metrics: tuple[str, ...] = ("area", "diameter_AP", "diameter_RL"),
+    sha256: str | None = None,
 ) -> dict:
-    """A drift-result document with the fields a rescale reads (no slice profile)."""
+    """A drift-result document with the fields a rescale reads (no slice profile); ``sha256``:
+    the package sha256 recorded for both models (cordseg/1..3 share one package)."""
     levels = {
         name: {
             "scaling_factor": f,
@@ -124,15 +126,24 @@ def fake_result(
         }
         for name, f in factors.items()
     }
+    recorded = {"sha256": sha256} if sha256 else {}
     prov = {}
     if baseline:
-        prov["baseline"] = {"ref": baseline}
+        prov["baseline"] = {"ref": baseline, **recorded}
     if candidate:
-        prov["candidate"] = {"ref": candidate}
+        prov["candidate"] = {"ref": candidate, **recorded}
     return {
         "verdict": "fail",
         "metrics": {m: {"levels": levels, "slice_profile": {}} for m in metrics},
         "provenance": prov,
+    }
+
+
+def recorded(env: Env, baseline: str, candidate: str) -> dict:
+    """The provenance a drift check records about its two models (ref and package sha256)."""
+    return {
+        role: {"ref": ref, "sha256": env.reg.resolve(ref).sha256}
+        for role, ref in (("baseline", baseline), ("candidate", candidate))
     }
 
 
@@ -256,7 +267,7 @@ def test_rescale_real_uniform_shrink_detected_and_corrected(
     res = drift_result(
         real_tidy,
         cand,
-        provenance={"baseline": {"ref": "cordseg/1"}, "candidate": {"ref": "cordseg/2"}},
+        provenance=recorded(env, "cordseg/1", "cordseg/2"),
         n_boot=200,
     )
     doc = json.loads(write_json(res, tmp_path / "result.json").read_text())
@@ -315,7 +326,7 @@ def test_rescale_exact_factor_per_slice(env: Env, tmp_path: Path) -> None:
     res = drift_result(
         base,
         cand,
-        provenance={"baseline": {"ref": "cordseg/1"}, "candidate": {"ref": "cordseg/3"}},
+        provenance=recorded(env, "cordseg/1", "cordseg/3"),
         n_boot=100,
     )
     write_json(res, tmp_path / "exact.json")
@@ -346,7 +357,7 @@ def result_for(env: Env, name: str, base: pd.DataFrame, cand: pd.DataFrame, path
     res = drift_result(
         base,
         cand,
-        provenance={"baseline": {"ref": baseline}, "candidate": {"ref": "cordseg/3"}},
+        provenance=recorded(env, baseline, "cordseg/3"),
         n_boot=100,
     )
     return write_json(res, path)
@@ -405,6 +416,51 @@ def test_zscore_real_matches_pandas(
 
 
 # --------------------------------------------------------------------- storage, synthetic ---
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "why"),
+    [
+        ("MEAN(area)", "-70.5", "-70.5"),
+        ("MEAN(area)", "inf", "inf"),
+        ("MEAN(diameter_RL)", "-1e-3", "-0.001"),
+        ("STD(area)", "abc", "'abc'"),
+    ],
+)
+def test_import_refuses_impossible_values_naming_file_and_line(
+    env: Env, tmp_path: Path, column: str, value: str, why: str
+) -> None:
+    """Issue 15 item 6: a negative or non-finite area or diameter is refused on import."""
+    src = write_synthetic_db(tmp_path / "db", 3)
+    victim = src / "spinal_cord" / "sub-syn02_T2w_PAM50.csv"
+    lines = victim.read_text().splitlines(keepends=True)
+    header = lines[0].rstrip("\n").split(",")
+    i = next(n for n, line in enumerate(lines) if n and line.split(",")[header.index(column)])
+    cells = lines[i].rstrip("\n").split(",")
+    cells[header.index(column)] = value
+    lines[i] = ",".join(cells) + "\n"
+    victim.write_text("".join(lines))
+    with pytest.raises(InputError) as err:
+        import_db(src, "impossible", registry=env.reg)
+    assert err.value.path == str(victim)
+    assert err.value.message.startswith(f"line {i + 1}: {column} is {why}"), err.value.message
+    assert NormativeStore(env.reg).versions("impossible") == []
+
+
+@pytest.mark.parametrize("age", ["-500", "121", "old", "inf"])
+def test_import_refuses_ages_outside_0_to_120(env: Env, tmp_path: Path, age: str) -> None:
+    src = write_synthetic_db(tmp_path / "db", 3)
+    path = src / "participants.tsv"
+    rows = path.read_text().splitlines(keepends=True)
+    rows[2] = rows[2].replace("\t24\t", f"\t{age}\t")
+    path.write_text("".join(rows))
+    with pytest.raises(InputError) as err:
+        import_db(src, "ages", registry=env.reg)
+    assert err.value.path == str(path)
+    assert err.value.message == f"line 3 (sub-syn02): age {age!r} is not a number from 0 to 120"
+    rows[2] = rows[2].replace(f"\t{age}\t", "\tn/a\t")  # unknown is fine
+    path.write_text("".join(rows))
+    assert import_db(src, "ages", registry=env.reg).n_subjects == 3
 
 
 def test_import_bad_inputs_store_nothing(env: Env, tmp_path: Path) -> None:
@@ -585,6 +641,49 @@ def syn(env: Env) -> NormativeVersion:
     return syn_db(env, "syn", 8)[1]
 
 
+def test_rescale_checks_the_recorded_package_sha256s(env: Env, tmp_path: Path) -> None:
+    """Issue 15 item 5: a drift result whose refs were edited names a model it never measured;
+    the package sha256s it records must be the registry's (refused otherwise, no override)."""
+    other = env.reg.register("othermodel", make_package(tmp_path / "other", size=64, seed=7))
+    uniform = dict.fromkeys(ALL_SYN_LEVELS, 0.98)
+    sha = env.reg.resolve("cordseg/2").sha256
+    assert other.sha256 != sha
+    syn_db(env, "shacheck", 8)
+    store = NormativeStore(env.reg)
+    n_before = len(store.versions("shacheck"))
+    # measured on cordseg/2's package, candidate ref edited to othermodel/1
+    edited = fake_result(uniform, candidate=other.ref, sha256=sha)
+    with pytest.raises(InputError, match=r"candidate othermodel/1 was measured on package sha256"):
+        update("shacheck", other.ref, write_doc(tmp_path / "e.json", edited), registry=env.reg)
+    with pytest.raises(InputError, match=r"not about the model it names"):
+        update(
+            "shacheck",
+            other.ref,
+            write_doc(tmp_path / "e2.json", edited),
+            assume_baseline=True,
+            registry=env.reg,
+        )
+    # the baseline's sha256 too
+    base_edited = fake_result(uniform, sha256=sha)
+    base_edited["provenance"]["baseline"]["sha256"] = other.sha256
+    with pytest.raises(InputError, match=r"baseline cordseg/1 was measured on package sha256"):
+        update(
+            "shacheck", "cordseg/2", write_doc(tmp_path / "b.json", base_edited), registry=env.reg
+        )
+    # not recorded: refused unless --assume-baseline (recorded as an override)
+    bare = write_doc(tmp_path / "bare.json", fake_result(uniform))
+    with pytest.raises(InputError, match=r"does not record the candidate's package sha256"):
+        update("shacheck", "cordseg/2", bare, registry=env.reg)
+    assert len(store.versions("shacheck")) == n_before
+    ok = update(
+        "shacheck",
+        "cordseg/2",
+        write_doc(tmp_path / "ok.json", fake_result(uniform, sha256=sha)),
+        registry=env.reg,
+    )
+    assert ok.version.tags[TAG + "assume_baseline"] == "false"
+
+
 def test_rescale_model_checks(env: Env, syn: NormativeVersion, tmp_path: Path) -> None:
     uniform = dict.fromkeys(ALL_SYN_LEVELS, 0.98)
     store = NormativeStore(env.reg)
@@ -626,6 +725,7 @@ def test_rescale_needs_every_rescaled_metric(
         metrics=("area",),
         baseline=parent.model,
         candidate="cordseg/3",
+        sha256=env.reg.resolve("cordseg/3").sha256,
     )
     with pytest.raises(InputError, match="diameter_AP: the drift result has no scaling factors"):
         update("syn", "cordseg/3", write_doc(tmp_path / "r.json", doc), registry=env.reg)

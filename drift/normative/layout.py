@@ -13,6 +13,7 @@ tests and benchmarks (:func:`write_synthetic_db`).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -95,7 +96,59 @@ def read_participants(path: Path) -> pd.DataFrame:
     dup = table["participant_id"][table["participant_id"].duplicated()]
     if not dup.empty:
         raise InputError(f"participant {dup.iloc[0]} listed twice", path)
+    if "age" in table.columns:
+        _check_ages(table, path)
     return table
+
+
+#: Ages (years) a participant can have; participants.tsv writes a missing one as n/a.
+AGE_RANGE: tuple[float, float] = (0.0, 120.0)
+_MISSING = frozenset({"", "n/a", "na", "nan"})
+
+
+def _check_ages(table: pd.DataFrame, path: Path) -> None:
+    """InputError naming the first row (line of the file) whose age is not a number in
+    :data:`AGE_RANGE` (``n/a`` or empty: unknown, allowed)."""
+    lo, hi = AGE_RANGE
+    for i, text in enumerate(table["age"].astype(str)):
+        if text.strip().lower() in _MISSING:
+            continue
+        try:
+            age = float(text)
+        except ValueError:
+            age = math.nan
+        if not (math.isfinite(age) and lo <= age <= hi):
+            who = table["participant_id"].iloc[i]
+            raise InputError(
+                f"line {i + 2} ({who}): age {text!r} is not a number from {lo:g} to {hi:g}", path
+            )
+
+
+#: Metrics that are lengths or areas: a negative or non-finite value is impossible.
+PHYSICAL_METRICS: tuple[str, ...] = ("area", "diameter_AP", "diameter_RL", "diameter_AP_ellipse")
+
+
+def _check_values(raw: pd.DataFrame, path: Path) -> None:
+    """InputError naming the first line whose ``MEAN``/``STD`` of an area or diameter is text,
+    negative or infinite (an empty cell, SCT's "no value", is allowed)."""
+    for metric in PHYSICAL_METRICS:
+        for col in (f"MEAN({metric})", f"STD({metric})"):
+            if col not in raw.columns:
+                continue
+            cells = raw[col]
+            values = pd.to_numeric(cells, errors="coerce").to_numpy(dtype=float)
+            text = cells.astype(str).str.strip().str.lower()
+            missing = cells.isna().to_numpy() | text.isin(_MISSING).to_numpy()
+            bad = ~missing & (~np.isfinite(values) | (values < 0))
+            if bad.any():
+                i = int(np.flatnonzero(bad)[0])
+                cell = cells.iloc[i]
+                shown = repr(float(cell)) if isinstance(cell, int | float) else repr(str(cell))
+                raise InputError(
+                    f"line {i + 2}: {col} is {shown} (an area or a diameter is a "
+                    "finite number >= 0)",
+                    path,
+                )
 
 
 def pam50_level_of_slice() -> np.ndarray:
@@ -158,10 +211,13 @@ def _read_raw(path: Path) -> tuple[pd.DataFrame, int]:
     raw = read_sct_csv(path)
     columns = list(raw.columns)
     if columns == COLUMNS_23:
-        return raw, 23
-    if columns == COLUMNS_29:
-        return raw, 29
-    raise InputError("columns are not SCT's 23- or 29-column per-slice layout", path)
+        layout = 23
+    elif columns == COLUMNS_29:
+        layout = 29
+    else:
+        raise InputError("columns are not SCT's 23- or 29-column per-slice layout", path)
+    _check_values(raw, path)
+    return raw, layout
 
 
 def _checked_tidy(raws: Sequence[pd.DataFrame], paths: Mapping[str, Path]) -> pd.DataFrame:

@@ -273,6 +273,8 @@ class Scaling:
     baseline: str | None
     candidate: str | None
     verdict: str | None
+    baseline_sha256: str | None = None  # the package sha256s the result records
+    candidate_sha256: str | None = None
 
 
 def _num(value: Any) -> float:
@@ -321,10 +323,12 @@ def parse_scaling(doc: Any, source: str | Path | None = None) -> Scaling:
                 profile_rows.append(row)
     prov = result.provenance or {}
 
-    def ref(role: str) -> str | None:
+    def ref(role: str, key: str = "ref") -> str | None:
         value = prov.get(role)
         if isinstance(value, dict):
-            value = value.get("ref")
+            value = value.get(key)
+        elif key != "ref":
+            value = None
         return str(value) if value else None
 
     level_cols = [
@@ -346,4 +350,6 @@ def parse_scaling(doc: Any, source: str | Path | None = None) -> Scaling:
         baseline=ref("baseline"),
         candidate=ref("candidate"),
         verdict=str(result.verdict) if result.verdict else None,
+        baseline_sha256=ref("baseline", "sha256"),
+        candidate_sha256=ref("candidate", "sha256"),
     )

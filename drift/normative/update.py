@@ -390,6 +390,25 @@ def _rescale(
             f"the drift result's baseline is {scaling.baseline} but {parent.ref} was made "
             f"with {parent.model}"
         )
+    # The refs of a result can be edited: the package sha256s it records must be those the
+    # registry holds for the models it names (a mismatch is never overridden).
+    checked = [("candidate", scaling.candidate, scaling.candidate_sha256)]
+    if parent.model is not None and scaling.baseline == parent.model:
+        checked.append(("baseline", scaling.baseline, scaling.baseline_sha256))
+    for role, ref, recorded in checked:
+        if ref is None:
+            continue  # not named: a problem above
+        if recorded is None:
+            problems.append(f"the drift result does not record the {role}'s package sha256")
+            continue
+        registered = store.reg.resolve(ref).sha256
+        if recorded != registered:
+            raise InputError(
+                f"the drift result's {role} {ref} was measured on package sha256 "
+                f"{recorded[:12]}..., but {ref} in the registry is {registered[:12]}...: "
+                "the result is not about the model it names",
+                scaling_path,
+            )
     if problems and not assume_baseline:
         raise InputError(
             "refusing to rescale: "
