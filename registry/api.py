@@ -503,17 +503,24 @@ class Registry:
         if not refresh:
             hit = fast_sha256(self.settings, r)
             if hit is not None:
-                entry = cache.check_entry(cache_dir, hit[1])
-                if entry is not None:
-                    return entry if dest is None else cache.copy_out(entry, Path(dest), hit[1])
+                with self._entry_lock(hit[1]):
+                    entry = cache.check_entry(cache_dir, hit[1])
+                    if entry is not None:
+                        return entry if dest is None else cache.copy_out(entry, Path(dest), hit[1])
         info = self.resolve(ref)
         sha = self._package_sha(info)
-        if refresh:
-            cache.remove_entry(cache_dir, sha)
-        entry = cache.check_entry(cache_dir, sha)
-        if entry is None:
-            entry = self._download(info, sha)
-        return entry if dest is None else cache.copy_out(entry, Path(dest), sha)
+        # One process at a time per package: a --refresh never removes an entry that another
+        # pull is verifying or copying (concurrent pulls used to fail with OSErrors).
+        with self._entry_lock(sha):
+            if refresh:
+                cache.remove_entry(cache_dir, sha)
+            entry = cache.check_entry(cache_dir, sha)
+            if entry is None:
+                entry = self._download(info, sha)
+            return entry if dest is None else cache.copy_out(entry, Path(dest), sha)
+
+    def _entry_lock(self, sha: str) -> contextlib.AbstractContextManager[None]:
+        return file_lock(self.settings.cache_dir / "locks" / f"{sha}.lock")
 
     def _download(self, info: VersionInfo, sha: str) -> Path:
         work = cache.staging_dir(self.settings.cache_dir)

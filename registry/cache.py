@@ -70,8 +70,12 @@ def remove_entry(cache_dir: Path, sha256: str) -> None:
     final = entry_dir(cache_dir, sha256)
     if final.exists():
         trash = Path(tempfile.mkdtemp(prefix="trash-", dir=final.parent))
-        os.rename(final, trash / sha256)
-        shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(final, trash / sha256)
+        except FileNotFoundError:  # another process removed it first
+            pass
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def copy_out(entry: Path, dest: Path, sha256: str) -> Path:
@@ -98,7 +102,14 @@ def copy_out(entry: Path, dest: Path, sha256: str) -> Path:
                 (Path(dirpath) / name).chmod(0o644)
         verify_package(tmp, sha256)
         tmp.chmod(0o755)  # mkdtemp made it private
-        os.rename(tmp, dest)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            # Another process copied the same package there first: accept it if it verifies.
+            if not (dest / MANIFEST_NAME).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            verify_package(dest, sha256)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -112,7 +123,12 @@ def check_entry(cache_dir: Path, sha256: str) -> Path | None:
         return None
     try:
         verify_package(final, sha256)
-    except IntegrityError as err:
+    except (IntegrityError, FileNotFoundError) as err:
+        if not final.is_dir():  # removed meanwhile by a concurrent --refresh: absent
+            return None
+        if isinstance(err, FileNotFoundError):
+            raise
+
         raise IntegrityError(
             f"{err.message} (cached copy altered; "
             "`cordwatch models pull --refresh` fetches it again)",

@@ -198,3 +198,48 @@ def test_8_cli_error_with_password_in_environment_uri(
     result = CliRunner().invoke(app, ["models", "show", "m/1"])
     assert result.exit_code == 2
     assert "pa55word-xyz" not in result.stderr + result.stdout
+
+
+# -- 4. concurrency on the same target -----------------------------------------------------------
+
+
+def _concurrently(n: int, fn: object) -> list[BaseException]:
+    import threading
+
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            fn()  # type: ignore[operator]
+        except BaseException as err:  # collected and asserted on below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_4_concurrent_pulls_to_one_folder_and_refreshes_are_safe(
+    reg: Registry, home: Path, tmp_path: Path
+) -> None:
+    info = reg.register("conc", make_package(tmp_path / "p", folds=("0", "1"), size=1 << 16))
+    reg.pull(info.ref)
+    dest = tmp_path / "same"
+    for _ in range(3):
+        errors = _concurrently(8, lambda: connect(reg.tracking_uri, home).pull(info.ref, dest))
+        assert errors == []
+    assert build_manifest(dest, skip=["cordwatch_manifest.json"]).sha256 == info.sha256
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".same.")] == []
+    for _ in range(3):
+        errors = _concurrently(
+            8, lambda: connect(reg.tracking_uri, home).pull(info.ref, refresh=True)
+        )
+        assert errors == []
+    packages = home / "cache" / "packages"
+    assert [p.name for p in packages.iterdir() if p.name.startswith("trash-")] == []
+    assert reg.pull(info.ref).name == info.sha256
