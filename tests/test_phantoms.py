@@ -259,10 +259,17 @@ def test_levels_agree_with_the_level_readers(subjects) -> None:
     for s in subjects:
         from_labels = levels.slice_levels_from_labeled(s.labeled_seg)
         assert np.array_equal(from_labels, s.slice_levels)
-        from_discs = levels.slice_levels_from_discs(s.disc_labels)
+        # cordwatch's older disc rule (--interpolate-discs) is the phantom's level table.
+        from_discs = levels.slice_levels_from_discs(s.disc_labels, interpolate_missing=True)
         inside = from_discs > 0  # between the first and the last disc
         assert inside.sum() > 100
         assert np.array_equal(from_discs[inside], s.slice_levels[inside])
+        # SCT 7.4's rule puts each disc's own slice in the level below it, nothing else.
+        sct = levels.slice_levels_from_discs(s.disc_labels)
+        differ = np.flatnonzero(inside & (sct != s.slice_levels))
+        disc_z = set(np.argwhere(s.disc_labels > 0)[:, 2].tolist())
+        assert set(differ.tolist()) <= disc_z
+        assert np.array_equal(sct[differ], s.slice_levels[differ] + 1)
 
 
 def test_level_lengths_are_realistic(subjects) -> None:

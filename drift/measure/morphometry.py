@@ -256,6 +256,29 @@ def _row_extremes(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return any_row, first, last
 
 
+def _bilinear(volume: np.ndarray, i: np.ndarray, j: np.ndarray, slices: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``volume[slices[k]]`` (slice-major: (n, nx, ny), so that the
+    samples of a slice sit together in memory) at (i, j) of shape (len(slices), ...),
+    zero outside (``map_coordinates(order=1, mode="constant")``'s values, without a float64
+    copy of the volume)."""
+    _, nx, ny = volume.shape
+    flat = volume.reshape(-1)
+    i0, j0 = np.floor(i), np.floor(j)
+    fi, fj = (i - i0).astype(np.float32), (j - j0).astype(np.float32)
+    i0, j0 = i0.astype(np.int64), j0.astype(np.int64)
+    z = slices.reshape((-1,) + (1,) * (i.ndim - 1)).astype(np.int64)
+    out = np.zeros(i.shape, np.float32)
+    for di, wi in ((0, 1 - fi), (1, fi)):
+        for dj, wj in ((0, 1 - fj), (1, fj)):
+            ii, jj = i0 + di, j0 + dj
+            ok = (ii >= 0) & (ii < nx) & (jj >= 0) & (jj < ny)
+            index = (z * nx + np.clip(ii, 0, nx - 1)) * ny + np.clip(jj, 0, ny - 1)
+            out += np.where(ok, flat[index], 0.0) * wi * wj
+    # Points outside the grid's sample range get 0, as map_coordinates' "constant" mode.
+    inside = (i >= 0) & (i <= nx - 1) & (j >= 0) & (j <= ny - 1)
+    return np.where(inside, out, 0.0)
+
+
 def _hull_pixel_counts(any_row: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
     """Per slice, the pixel count of skimage's ``convex_hull_image`` of the mask.
 
@@ -303,17 +326,19 @@ def _measured_ap(
     angle: np.ndarray,
     maps: np.ndarray,
     grid: tuple[float, float, float, float],
-    radius: int,
+    extent: np.ndarray,
+    refine: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """SCT 7.4's measured AP extent, vectorised: (length_posterior, length_anterior) in mm.
 
     ``up``: upsampled soft slices (nx, ny, n); ``centre``: centroid of the thresholded slice
     (n, 2) in native mm; ``angle``: SCT's rotation (-regionprops orientation, radians) in the
     measuring plane; ``maps``: slice plane -> measuring plane; ``grid``: (x origin, y origin)
-    of ``up`` in native mm and its pixel sizes; ``radius``: half-width of the AP profile in
-    pixels. SCT rotates the warped slice about the centroid, averages the rows of a 3 mm RL
-    band through it and sums the profile on each side of the centroid's column; here the
-    same rotated grid points are mapped back to the unwarped slice and read bilinearly.
+    of ``up`` in native mm and its pixel sizes; ``extent``: each slice's half-extents (mm)
+    about the centroid in the slice plane. SCT rotates the warped slice about the centroid,
+    averages the rows of a 3 mm RL band through it and sums the profile on each side of the
+    centroid's column; here the same rotated grid points are mapped back to the unwarped
+    slice and read bilinearly.
     """
     ox, oy, ux, uy = grid
     n = len(angle)
@@ -324,6 +349,16 @@ def _measured_ap(
     x0 = (warped[:, 1] - oy) / uy - 0.5
     inv = np.linalg.inv(maps)
     sin, cos = np.sin(angle), np.cos(angle)
+    # Half-widths (pixels) of the rotated frame that can hold cord: along the AP profile (d)
+    # and across it (e), bounded through the map from each slice's box half-extents (mm).
+    d = np.column_stack([sin, cos])
+    e = np.column_stack([cos, -sin])
+    step = min(ux, uy)
+    reach_d = (np.abs(np.einsum("nij,ni->nj", maps, d)) * extent).sum(axis=1)
+    reach_e = (np.abs(np.einsum("nij,ni->nj", maps, e)) * extent).sum(axis=1)
+    radius = int(np.ceil(reach_d.max() / step)) + 3
+    radius_rl = int(np.ceil(reach_e.max() / step)) + 3
+    by_slice = np.ascontiguousarray(np.moveaxis(up, 2, 0))
 
     def rotated(which: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """SCT's rotated slice at integer (rows, cols) of its grid: (len(which), r, c)."""
@@ -340,26 +375,17 @@ def _measured_ap(
         p1 = (
             centre[which, 1, None, None] + m[:, 1, 0, None, None] * d0 + m[:, 1, 1, None, None] * d1
         )
-        coords = np.stack(
-            [
-                ((p0 - ox) / ux - 0.5).ravel(),
-                ((p1 - oy) / uy - 0.5).ravel(),
-                np.broadcast_to(which.astype(float)[:, None, None], p0.shape).ravel(),
-            ]
-        )
-        values = ndimage.map_coordinates(up, coords, order=1, mode="constant", cval=0.0)
-        return values.reshape(p0.shape)
+        return _bilinear(by_slice, (p0 - ox) / ux - 0.5, (p1 - oy) / uy - 0.5, which)
 
     # SCT rounds the centroid of the rotated, thresholded slice; it differs from the
-    # centroid (y0, x0) only by discretisation, so it is recomputed only where rounding is
-    # ambiguous.
+    # centroid (y0, x0) by discretisation only (< 0.3 pixel on the SCT t2 subject), so with
+    # ``refine`` (the ``sct`` mode) it is recomputed where rounding is ambiguous.
     rl0, ap0 = y0.copy(), x0.copy()
-    near = (np.abs(y0 % 1 - 0.5) < 0.2) | (np.abs(x0 % 1 - 0.5) < 0.2)
-    if near.any():
+    near = (np.abs(y0 % 1 - 0.5) < 0.3) | (np.abs(x0 % 1 - 0.5) < 0.3)
+    if refine and near.any():
         which = np.flatnonzero(near)
-        window = np.arange(-radius, radius)[None, :]
-        rows = np.round(y0[which])[:, None] + window
-        cols = np.round(x0[which])[:, None] + window
+        rows = np.round(y0[which])[:, None] + np.arange(-radius_rl, radius_rl)[None, :]
+        cols = np.round(x0[which])[:, None] + np.arange(-radius, radius)[None, :]
         binary = rotated(which, rows, cols) > 0.5
         count = binary.sum(axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -506,6 +532,7 @@ def _shape_metrics(
 ) -> None:
     """Fill the shape columns of ``rows`` from the cropped slices ``cord`` (nx, ny, n)."""
     px, py = pixel
+    mode_in = mode
     if mode == "sct":
         # SCT warps each slice by the cosines (skimage ``warp``, bilinear, about voxel (0, 0))
         # and measures the warped slice; after that the measuring plane is the slice plane.
@@ -550,8 +577,8 @@ def _shape_metrics(
     centre = np.column_stack([mx + x_mm.mean(), my + y_mm.mean()])
     if ok.any():
         good = np.flatnonzero(ok)
-        # Half-width of the AP profile: the farthest corner of any slice's bounding box from
-        # its centroid, plus a margin.
+        # Half-extents of each slice's bounding box about its centroid (mm), plus the voxel
+        # of soft ramp around the thresholded mask.
         any_col = binary.any(axis=0)  # (ny_up, n)
         ix = np.arange(binary.shape[0])[:, None]
         iy = np.arange(binary.shape[1])[:, None]
@@ -562,15 +589,20 @@ def _shape_metrics(
         yhi = np.where(any_col, iy, -big).max(axis=0)[good]
         cxp = (centre[good, 0] - ox) / ux - 0.5
         cyp = (centre[good, 1] - oy) / uy - 0.5
-        reach = np.hypot(
-            np.maximum(np.abs(xlo - cxp), np.abs(xhi - cxp)) * ux,
-            np.maximum(np.abs(ylo - cyp), np.abs(yhi - cyp)) * uy,
+        extent = np.column_stack(
+            [
+                np.maximum(np.abs(xlo - cxp), np.abs(xhi - cxp)) * ux + px,
+                np.maximum(np.abs(ylo - cyp), np.abs(yhi - cyp)) * uy + py,
+            ]
         )
-        # The inverse map stretches at most by 1 / (its smallest singular value).
-        stretch = 1.0 / np.linalg.svd(maps[good], compute_uv=False)[:, -1].min()
-        radius = int(np.ceil(reach.max() * max(stretch, 1.0) / min(ux, uy))) + 3
         post, ant = _measured_ap(
-            up[:, :, good], centre[good], -orient[good], maps[good], (ox, oy, ux, uy), radius
+            up[:, :, good],
+            centre[good],
+            -orient[good],
+            maps[good],
+            (ox, oy, ux, uy),
+            extent,
+            refine=mode_in == "sct",
         )
         posterior = np.full(len(rows), np.nan)
         anterior = np.full(len(rows), np.nan)
