@@ -139,8 +139,8 @@ _GATED = f"{_HEADER},MEAN(diameter_AP),MEAN(diameter_RL)"
 
 
 def test_odd_cells_read_as_the_per_file_reader_does(tmp_path: Path) -> None:
-    """Ranges, blanks, padded and decimal levels, text in a metric cell, a short (truncated)
-    last row and a file of the 29-column kind beside a 23-column one: same table as the
+    """Ranges, blanks, padded and decimal levels, text in a metric cell, a short
+    last row and a file with more metric columns than the others: same table as the
     per-file pandas reader, including the column order of pandas' concat."""
     import pandas as pd
 
@@ -157,12 +157,12 @@ def test_odd_cells_read_as_the_per_file_reader_does(tmp_path: Path) -> None:
         "t,v,f,13, 4 ,,np.float64(3.0),0.0\n"
         "t,v,f,14,4.0,,NA,0.0\n"
         "t,v,f,15,5,,73.25,0.0\n"
-        "t,v,f,16,5",
+        "t,v,f,16,5\n",
     )
     _write(
         folder,
         "sub-02_T2w_PAM50.csv",
-        f"{_HEADER},MEAN(diameter_AP_ellipse),SUM(length)\n"
+        f"{_HEADER},MEAN(solidity),SUM(length)\n"
         "t,v,f,20,2,,60.0,0.0,7.5,1.0\n"
         "t,v,f,21,2,,61.0,0.0,,1.0\n",
     )
