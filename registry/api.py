@@ -70,7 +70,13 @@ from registry.manifest import (
 )
 from registry.package import stage_package
 from registry.refs import Ref, check_alias, check_model_name, check_tag_key, parse_ref
-from registry.settings import RegistrySettings, ensure_sqlite_store, resolve_settings
+from registry.settings import (
+    DB_NAME,
+    RegistrySettings,
+    ensure_sqlite_store,
+    resolve_settings,
+    sqlite_path,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -401,12 +407,26 @@ class Registry:
             self._errors(info.ref),
         ):
             local = self.client.download_artifacts(str(info.run_id), MANIFEST_ARTIFACT, tmp)
-            return read_verified_manifest(Path(local), sha)
+            try:
+                return read_verified_manifest(Path(local), sha)
+            except IntegrityError as err:  # name the stored file, not the deleted temporary copy
+                stored = f"{info.source}/artifacts/{MANIFEST_NAME}"
+                raise IntegrityError(f"{err.message} (stored copy of {info.ref})", stored) from err
+
+    def _existing_store(self) -> None:
+        """Reading from a sqlite file named explicitly (``--registry``, ``MLFLOW_TRACKING_URI``)
+        that does not exist is an error: a typo must not create folders and a new registry.
+        The default ``$CORDWATCH_HOME/registry.db`` is created on first use, as before."""
+        db = sqlite_path(self.settings.uri)
+        if db is None or db.is_file() or db == self.settings.home / DB_NAME:
+            return
+        raise RegistryError("no registry database at this path (a typo in the URI?)", db)
 
     # -- reading ----------------------------------------------------------------------------
     def resolve(self, ref: str, *, manifest: bool = False) -> VersionInfo:
         """The version ``ref`` (``NAME@ALIAS`` or ``NAME/VERSION``) points at."""
         r = parse_ref(ref)
+        self._existing_store()
         with self._errors(str(r)):
             if r.alias is not None:
                 mv = self.client.get_model_version_by_alias(r.name, r.alias)
@@ -420,6 +440,7 @@ class Registry:
     def list_versions(self, name: str) -> list[VersionInfo]:
         """Every version of ``name``, ordered by version number (an integer, never text)."""
         check_model_name(name)
+        self._existing_store()
         with self._errors(name):
             aliases = self._aliases(name)
             found: list[ModelVersion] = []
@@ -436,6 +457,7 @@ class Registry:
 
     def list_models(self) -> list[ModelSummary]:
         """Every registered model, by name."""
+        self._existing_store()
         with self._errors(self.settings.uri):
             models: list[RegisteredModel] = []
             token = None
@@ -467,6 +489,7 @@ class Registry:
     def history(self, name: str) -> list[AliasEvent]:
         """Every alias move of ``name``, oldest first."""
         check_model_name(name)
+        self._existing_store()
         with self._errors(name):
             self.client.get_registered_model(name)  # a clear error for an unknown model
             exp = self.client.get_experiment_by_name(EXPERIMENT_PREFIX + name)

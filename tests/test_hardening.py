@@ -243,3 +243,31 @@ def test_4_concurrent_pulls_to_one_folder_and_refreshes_are_safe(
     packages = home / "cache" / "packages"
     assert [p.name for p in packages.iterdir() if p.name.startswith("trash-")] == []
     assert reg.pull(info.ref).name == info.sha256
+
+
+# -- 10. minor ------------------------------------------------------------------------------------
+
+
+def test_10_read_only_command_on_a_mistyped_sqlite_uri_creates_nothing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from drift.cli.main import app
+
+    typo = tmp_path / "regsitry" / "registry.db"
+    for args in (["list"], ["show", "m/1"], ["history", "m"], ["pull", "m/1"]):
+        result = CliRunner().invoke(app, ["models", "--registry", f"sqlite:///{typo}", *args])
+        assert result.exit_code == 2, result.output
+        assert "no registry database" in result.stderr
+    assert not typo.parent.exists()
+
+
+def test_10_show_names_the_stored_manifest_not_a_deleted_temp_folder(
+    reg: Registry, tmp_path: Path
+) -> None:
+    info = reg.register("tmpname", make_package(tmp_path / "p"))
+    stored = model_dir(info.source) / "artifacts" / "cordwatch_manifest.json"
+    stored.write_bytes(stored.read_bytes().replace(b'"format"', b' "format"'))
+    with pytest.raises(IntegrityError) as caught:
+        reg.resolve(info.ref, manifest=True)
+    assert caught.value.path == f"{info.source}/artifacts/cordwatch_manifest.json"
+    assert "cordwatch-manifest-" not in str(caught.value)
