@@ -16,7 +16,6 @@ import hashlib
 import re
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,6 +101,8 @@ def read_sct_tidy(
     """``(path, subject, contrast)`` SCT CSVs -> one tidy table, the same as concatenating
     :func:`~drift.measure.sctcsv.sct_to_tidy` of :func:`~drift.measure.sctcsv.read_sct_csv`
     of each file, in one vectorised pass. Raises InputError naming the first bad file."""
+    from concurrent.futures import ThreadPoolExecutor
+
     raws = []
     with _progress(progress, len(files), label) as tick, ThreadPoolExecutor(_READ_THREADS) as pool:
         for raw in pool.map(_read_raw, [f for f, _, _ in files]):
