@@ -397,3 +397,37 @@ def test_dashboard_in_a_real_browser(world: dict[str, Any], hooked: Service) -> 
         browser.screenshot("checks")
         assert browser.console_errors() == []
         assert not browser.has_alert()
+
+
+def test_a_normative_database_follows_the_champion(world: dict[str, Any], tmp_path: Path) -> None:
+    from drift.normative.layout import write_synthetic_db
+    from drift.normative.store import import_db, list_databases
+
+    reg: Registry = world["reg"]
+    good = reg.register("nm", MODELS / "demo-good")
+    reg.promote(good.ref, "champion", force=True, reason="test: first champion")
+    import_db(write_synthetic_db(tmp_path / "hc", n_subjects=6), "hc-nm", "nm/1", registry=reg)
+    env = {k: v for k, v in world["env"].items() if k != "CORDWATCH_WEBHOOK_SECRET"}
+    svc = serve(world, "follow", "--poll-seconds", "1", "--normative", "hc-nm", env=env).start()
+
+    def followed() -> list[Any]:
+        return [v for v in list_databases(registry=reg) if v.name == "hc-nm" and v.version > 1]
+
+    try:
+        reg.register("nm", MODELS / "demo-good", alias="candidate")  # same weights: pass
+        wait_for("the check to finish", lambda: finished_events(svc, "nm/2"), 900, svc)
+        assert verdict(reg, "nm/2") == "pass"
+        time.sleep(2)
+        assert followed() == []  # a candidate's pass moves nothing: only a promotion does
+        reg.promote("nm/2", "champion", reason="test: through the gate")
+        [new] = wait_for("hc-nm@2", followed, 300, svc)
+        assert (new.kind, new.model, new.parent) == ("rescale", "nm/2", 1)
+        time.sleep(3)  # more polls: exactly one new version
+        assert len(followed()) == 1
+        updated = [e for e in svc.events() if e["event"] == "normative-updated"]
+        assert [e["version"] for e in updated] == ["hc-nm@2"]
+        status, html = svc.get("/normative/hc-nm")
+        assert status == 200 and "nm/2" in html and "rescale" in html
+        assert any(r["state"] == "done" for r in svc.json("/api/checks")["normative"])
+    finally:
+        svc.stop()

@@ -69,6 +69,19 @@ def serve(
         metavar="URL",
         help="URL MLflow should call (behind a reverse proxy); default http://HOST:PORT/hooks/mlflow.",
     ),
+    normative: list[str] = typer.Option(
+        [],
+        "--normative",
+        metavar="NAME",
+        help="Normative database that follows its model's champion: when a version becomes "
+        "champion with a pass verdict, NAME gets its next version for it (repeatable).",
+    ),
+    normative_mode: str = typer.Option(
+        "rescale",
+        "--normative-mode",
+        help="How a following database is updated: rescale (from the promotion's drift "
+        "result) or recompute (segment the --cohort with the new champion).",
+    ),
     # A --scheduler option (Dask scale-out engine) belongs here; it will be passed to
     # CheckSettings so that run_check can use it.
 ) -> None:
@@ -83,11 +96,14 @@ def serve(
 
     from drift.service.app import create_app
     from drift.service.checks import CheckSettings
+    from drift.service.follow import FollowSettings
     from drift.service.monitor import Monitor, log_event, setup_logging
     from registry.api import connect
 
     if device not in ("auto", "cpu", "cuda"):
         raise InputError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if normative_mode not in ("rescale", "recompute"):
+        raise InputError(f"--normative-mode must be rescale or recompute, not {normative_mode!r}")
     quiet_mlflow()
     setup_logging()
     secret = os.environ.get(SECRET_ENV) or None
@@ -107,7 +123,8 @@ def serve(
         url = webhook_url or f"http://{host}:{port}/hooks/mlflow"
         ensure_webhook(reg, url, secret)
         log_event("webhook-registered", url=url)
-    monitor = Monitor(reg, settings, poll_s=poll_seconds)
+    follow = FollowSettings(tuple(normative), normative_mode)
+    monitor = Monitor(reg, settings, poll_s=poll_seconds, follow=follow)
     app = create_app(monitor, webhook_secret=secret, token=token)
     log_event(
         "listening",

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from drift.service.checks import CheckSettings, CheckStore, execute
+from drift.service.follow import FollowSettings, follow_champion
 
 if TYPE_CHECKING:
     from registry.api import Registry
@@ -82,6 +83,7 @@ class Monitor:
     reg: Registry
     settings: CheckSettings
     poll_s: float = 30.0
+    follow: FollowSettings = field(default_factory=FollowSettings)
     store: CheckStore = field(init=False)
     stop: threading.Event = field(default_factory=threading.Event)
     pending: dict[str, Pending] = field(default_factory=dict)
@@ -173,8 +175,14 @@ class Monitor:
 
     # -- one model --------------------------------------------------------------------------
     def reconcile(self, model: str, trigger: str, *, force: bool = False) -> str | None:
-        """Check ``model``'s candidate if its key has no verdict; returns the attempt's end
-        state, or None when there was nothing to run."""
+        """Check ``model``'s candidate if its key has no verdict (and let the normative
+        databases follow its champion); returns the attempt's end state, or None when there
+        was no check to run."""
+        if self.follow.databases:
+            try:
+                follow_champion(self.reg, model, self.follow, self.settings, log_event)
+            except Exception as err:
+                log_warning("normative-error", model=model, error=_short(err))
         target = self.store.target(model)
         if target is None:
             return None

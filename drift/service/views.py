@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drift.gate.check import DRIFT_EXPERIMENT
+from drift.service.follow import follow_view
 from registry.api import VERDICT_TAG
 
 if TYPE_CHECKING:
@@ -221,6 +222,9 @@ def checks_page(monitor: Monitor) -> dict[str, Any]:
         "last_poll": monitor.last_poll,
         "poll_seconds": monitor.poll_s,
         "max_attempts": monitor.settings.max_attempts,
+        "normative": follow_view(monitor.reg, monitor.follow.databases)
+        if monitor.follow.databases
+        else [],
     }
 
 
