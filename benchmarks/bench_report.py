@@ -101,7 +101,7 @@ def main() -> None:
 
     times: dict[str, list[float]] = {"before": [], "after": []}
     sizes: dict[str, int] = {}
-    for name, mod in (("before", before), ("after", after)):  # warm-up (font cache, imports)
+    for _name, mod in (("before", before), ("after", after)):  # warm-up (font cache, imports)
         mod.render_report(result, **kw)
     for _ in range(args.repeat):
         for name, mod in (("before", before), ("after", after)):
@@ -110,8 +110,10 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
             sizes[name] = sum(len(data) for _, data in files.values())
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"python {sys.version.split()[0]}; load average {os.getloadavg()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"python {sys.version.split()[0]}; load average {os.getloadavg()}"
+    )
     print(f"phantom-like check: {len(base)} rows per version, {args.repeat} runs each, alternating")
     print("| renderer | median s | min s | max s | bytes written |")
     print("|---|---:|---:|---:|---:|")

@@ -11,7 +11,7 @@ by the registry's sha256). The version's artifact tree:
 
 Two ways to load it:
 
-- :func:`load_verified` (``registry.pyfunc.load_verified("sc-seg@champion")``): looks the
+- :func:`registry.verified.load_verified` (``load_verified("sc-seg@champion")``): looks the
   package sha256 up in the registry's database, pulls the package into the verified cache
   (manifest against that sha256, every file against the manifest) and builds the model from
   the installed code. No file of the artifact store is executed. Use this one.
@@ -37,7 +37,7 @@ from typing import Any
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from registry.errors import IntegrityError
+from registry.errors import IntegrityError, RegistryError
 from registry.manifest import MANIFEST_NAME, Manifest, verify_tree
 
 ENTRY_NAME = "cordwatch_model.py"
@@ -109,8 +109,11 @@ def registered_manifest(manifest_path: Path, registry_uri: str | None = None) ->
     IntegrityError (naming ``manifest_path``) when no version of that registry carries it:
     the manifest was rewritten in the artifact store, or the model is not from this registry.
     """
-    from registry.api import connect
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
     from registry.lookup import SHA_TAG
+    from registry.settings import ensure_sqlite_store, resolve_settings
 
     try:
         size = manifest_path.stat().st_size
@@ -124,13 +127,20 @@ def registered_manifest(manifest_path: Path, registry_uri: str | None = None) ->
             f"cannot read the package manifest: {err.strerror}", manifest_path
         ) from err
     sha = hashlib.sha256(data).hexdigest()
-    reg = connect(registry_uri if registry_uri is not None else _registry_uri())
-    with reg._errors(str(manifest_path)):
-        found = reg.client.search_model_versions(f"tags.`{SHA_TAG}` = '{sha}'")
+    settings = resolve_settings(registry_uri if registry_uri is not None else _registry_uri())
+    try:
+        ensure_sqlite_store(settings)
+        client = MlflowClient(tracking_uri=settings.uri, registry_uri=settings.uri)
+        found = client.search_model_versions(f"tags.`{SHA_TAG}` = '{sha}'")
+    except MlflowException as err:
+        raise RegistryError(
+            f"cannot look up the package sha256 in {settings.redacted_uri}: {err.message}",
+            manifest_path,
+        ) from err
     if not [mv for mv in found if (mv.tags or {}).get(SHA_TAG) == sha]:
         raise IntegrityError(
             f"manifest sha256 {sha[:12]}... is the cordwatch.sha256 of no version in "
-            f"{reg.settings.redacted_uri}: the stored model was altered (or is not from this "
+            f"{settings.redacted_uri}: the stored model was altered (or is not from this "
             "registry)",
             manifest_path,
         )
@@ -167,36 +177,6 @@ class NnunetPackageModel(PythonModel):
             soft=bool(opts["soft"]),
         )
         return pd.DataFrame({"path": paths, "segmentation": [str(p) for p in written]})
-
-
-class VerifiedModel:
-    """A version's model built by :func:`load_verified`: ``predict(paths, params)``."""
-
-    def __init__(self, ref: str, package_dir: Path) -> None:
-        self.ref = ref
-        self.package_dir = package_dir
-        self._model = NnunetPackageModel()
-        self._model.package_dir = package_dir
-
-    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """As the pyfunc's ``predict``: NIfTI paths in, (``path``, ``segmentation``) out."""
-        return self._model.predict(None, model_input, params)
-
-
-def load_verified(
-    ref: str, registry: str | None = None, home: str | Path | None = None
-) -> VerifiedModel:
-    """Load version ``ref`` (``NAME@ALIAS`` or ``NAME/N``) with every check and no stored code.
-
-    The package comes from :meth:`registry.api.Registry.pull` (manifest against the
-    database's ``cordwatch.sha256``, every file against the manifest, before the path is
-    returned); the model code is the installed cordwatch.
-    """
-    from registry.api import connect
-
-    reg = connect(registry, home)
-    package = reg.pull(ref)
-    return VerifiedModel(ref, package)
 
 
 def _signature() -> Any:

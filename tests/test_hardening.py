@@ -102,7 +102,7 @@ def test_1_stored_model_carries_no_code_outside_the_manifest(reg: Registry, tmp_
 def test_1_load_verified_checks_the_database_and_runs_installed_code(
     reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from registry.pyfunc import load_verified
+    from registry.verified import load_verified
 
     seen = _fake_predict(monkeypatch)
     info = reg.register("pyf-verified", make_package(tmp_path / "p", folds=("all",)))

@@ -32,15 +32,16 @@ class Terminated(BaseException):
 
 #: Exit codes of the two signals a user or a CI runner sends (128 + signal number).
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
-#: An unexpected error's message is cut to this length (one readable line).
-MAX_MESSAGE = 300
+#: Error lines are cut to this length (an unexpected error's to 300): a message quoting a
+#: 9 MB policy must not print 18 MB.
+MAX_MESSAGE = 4000
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-def one_line(text: object) -> str:
+def one_line(text: object, limit: int = MAX_MESSAGE) -> str:
     """A message as one line of at most :data:`MAX_MESSAGE` characters, credentials redacted.
 
     >>> one_line("a\\nb  c")
@@ -48,7 +49,7 @@ def one_line(text: object) -> str:
     """
     flat = " ".join(str(text).split())
     flat = redact(flat)
-    return flat if len(flat) <= MAX_MESSAGE else flat[: MAX_MESSAGE - 3] + "..."
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def _unexpected(err: BaseException) -> str:
@@ -120,7 +121,7 @@ def command(fn: F) -> F:
             if SETTINGS["traceback"]:
                 raise
             typer.echo(
-                f"cordwatch: error: {one_line(_unexpected(err))} (--traceback shows where)",
+                f"cordwatch: error: {one_line(_unexpected(err), 300)} (--traceback shows where)",
                 err=True,
             )
             raise typer.Exit(2) from err

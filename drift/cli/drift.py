@@ -305,6 +305,7 @@ def check(
     """
     from rich.console import Console
 
+    from drift.cohort.engine import open_engine
     from drift.gate.check import record_verdict, run_check
 
     refuse_outputs_onto_inputs(
@@ -312,8 +313,6 @@ def check(
         [policy, root, cohort if Path(cohort).exists() else None, _cache_dir(registry)],
         folders=["--report"],
     )
-    from drift.cohort.engine import open_engine
-
     quiet_mlflow()
     console = Console()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from drift import __version__
 from registry.errors import CordwatchError
 
 if TYPE_CHECKING:
+    from drift.cohort.engine import Engine
     from drift.cohort.manifest import Cohort, CohortItem
     from drift.measure.morphometry import AngleCorrection
     from registry.api import Registry, VersionInfo
@@ -89,15 +90,31 @@ class Measured:
     table: pd.DataFrame  # tidy: subject, contrast, level, slice, metrics
     failures: list[dict[str, str]] = field(default_factory=list)
     dice: pd.DataFrame | None = None  # subject, contrast, dice (vs ground truth)
+    # "subject/contrast" -> segmentation cache key (for QC images; empty when unknown)
+    seg_keys: dict[str, str] = field(default_factory=dict)
 
 
 def measure_cohort(
     items: Sequence[CohortItem],
     root: Path,
     seg_paths: dict[tuple[str, str], Path],
+    engine: Engine | None = None,
 ) -> Measured:
-    """Measure every segmentation of ``seg_paths`` ((subject, contrast) -> path)."""
+    """Measure every segmentation of ``seg_paths`` ((subject, contrast) -> path); with a
+    distributed ``engine``, one task per image on its cluster (same table, same order)."""
     frames, failures = [], []
+    done: dict[tuple[str, str], Any] | None = None
+    if engine is not None:
+        calls = {
+            (it.subject, it.contrast): (
+                seg_paths[(it.subject, it.contrast)],
+                it.levels.locate(root),
+                it.level_source,
+            )
+            for it in items
+            if (it.subject, it.contrast) in seg_paths and it.levels is not None
+        }
+        done = engine.map(measure, calls)
     for item in items:
         key = (item.subject, item.contrast)
         if key not in seg_paths:
@@ -106,7 +123,12 @@ def measure_cohort(
             failures.append({"subject": key[0], "contrast": key[1], "error": "no level file"})
             continue
         try:
-            table = measure(seg_paths[key], item.levels.locate(root), item.level_source)
+            if done is None:
+                table = measure(seg_paths[key], item.levels.locate(root), item.level_source)
+            elif isinstance(done[key], CordwatchError):
+                raise done[key]
+            else:
+                table = done[key]
         except CordwatchError as err:
             failures.append({"subject": key[0], "contrast": key[1], "error": str(err)})
             continue
@@ -154,14 +176,22 @@ def to_wide(long: pd.DataFrame) -> pd.DataFrame:
 
 
 def level_summary(table: pd.DataFrame) -> dict[str, float]:
-    """Per-level mean of the subjects' mean CSA, as MLflow metric names (``area_C3``)."""
+    """Per-level mean of the subjects' level means of every metric of :data:`TIDY_METRICS`
+    present, as MLflow metric names (``area_C3``, ``diameter_AP_C3``, ``solidity_T1``, ...),
+    so that the MLflow UI can chart each one across versions."""
     from drift.measure.levels import level_name
 
-    if table.empty:
+    metrics = [m for m in TIDY_METRICS if m in table.columns]
+    if table.empty or not metrics:
         return {}
-    per_subject = table.groupby(["subject", "contrast", "level"])["area"].mean()
+    per_subject = table.groupby(["subject", "contrast", "level"])[metrics].mean()
     per_level = per_subject.groupby("level").mean()
-    return {f"area_{level_name(int(lv))}": float(v) for lv, v in per_level.items() if v == v}
+    return {
+        f"{metric}_{level_name(int(lv))}": float(v)
+        for lv, row in per_level.iterrows()
+        for metric, v in row.items()
+        if v == v
+    }
 
 
 # ----------------------------------------------------------------------------- the check ---
@@ -204,7 +234,12 @@ def load_morphometry_run(reg: Registry, run_id: str) -> Measured:
         dice = pd.read_parquet(reg.client.download_artifacts(run_id, "dice.parquet", tmp))
         fail_path = Path(reg.client.download_artifacts(run_id, "failures.json", tmp))
         failures = json.loads(fail_path.read_text())
-    return Measured(to_wide(long), failures, dice)
+        try:  # runs logged before QC images existed have no segmentations.json
+            keys_path = reg.client.download_artifacts(run_id, "segmentations.json", tmp)
+            seg_keys = json.loads(Path(keys_path).read_text())
+        except Exception:  # any failure: no QC images, nothing else changes
+            seg_keys = {}
+    return Measured(to_wide(long), failures, dice, seg_keys)
 
 
 def log_morphometry_run(
@@ -234,7 +269,14 @@ def log_morphometry_run(
             dice.to_parquet(Path(tmp) / "dice.parquet", index=False)
             (Path(tmp) / "failures.json").write_text(json.dumps(measured.failures, indent=2))
             (Path(tmp) / "provenance.json").write_text(json.dumps(provenance, indent=2))
-            names = ("morphometrics.parquet", "dice.parquet", "failures.json", "provenance.json")
+            (Path(tmp) / "segmentations.json").write_text(json.dumps(measured.seg_keys))
+            names = (
+                "morphometrics.parquet",
+                "dice.parquet",
+                "failures.json",
+                "provenance.json",
+                "segmentations.json",
+            )
             for name in names:
                 reg.client.log_artifact(run_id, str(Path(tmp) / name))
         summary = level_summary(measured.table)
@@ -281,10 +323,12 @@ def evaluate_version(
     device: str,
     progress: bool,
     provenance: dict[str, Any],
+    engine: Engine | None = None,
 ) -> Measured:
     """Segment the cohort with one version (cached) and measure it; reuse a logged run when
-    the same package was already measured on the same cohort."""
-    from drift.cohort.inference import segment_cohort
+    the same package was already measured on the same cohort. A distributed ``engine`` runs
+    one segmentation and one measuring task per image on its cluster."""
+    from drift.cohort.inference import package_pipeline, segment_cohort
 
     run_id = find_morphometry_run(reg, info, cohort)
     if run_id is not None:
@@ -295,15 +339,36 @@ def evaluate_version(
         (f"{it.subject}/{it.contrast}", it.image.locate(root), it.image.sha256)
         for it in cohort.items
     ]
-    results = segment_cohort(
-        package,
-        info.sha256,
-        images,
-        cache_dir,
-        device=device,
-        progress=progress,
-        package_manifest=None if manifest is None else manifest_map(manifest),
-    )
+    # A cropped SCT model's box comes from the ground-truth cord mask: the same for both
+    # versions, so detector drift cannot pass for model drift (drift/cohort/sct_pipeline.py).
+    # (The distributed engine does not take crop sources yet.)
+    crop_sources: dict[str, str | Path] = {
+        f"{it.subject}/{it.contrast}": it.gt_seg.locate(root)
+        for it in cohort.items
+        if it.gt_seg is not None
+    }
+    manifest_files = None if manifest is None else manifest_map(manifest)
+    if engine is None:
+        results = segment_cohort(
+            package,
+            info.sha256,
+            images,
+            cache_dir,
+            device=device,
+            progress=progress,
+            package_manifest=manifest_files,
+            crop_sources=crop_sources,
+        )
+    else:
+        results = engine.segment_cohort(
+            package,
+            info.sha256,
+            images,
+            cache_dir,
+            device=device,
+            progress=progress,
+            package_manifest=manifest_files,
+        )
     seg_paths: dict[tuple[str, str], Path] = {}
     failures = []
     for item, res in zip(cohort.items, results, strict=True):
@@ -313,11 +378,16 @@ def evaluate_version(
             failures.append(
                 {"subject": item.subject, "contrast": item.contrast, "error": res.error or "?"}
             )
-    measured = measure_cohort(cohort.items, root, seg_paths)
+    measured = measure_cohort(cohort.items, root, seg_paths, engine)
     measured.failures = failures + measured.failures
     measured.dice = dice_against_truth(cohort.items, root, seg_paths)
+    measured.seg_keys = {r.key: r.cache_key for r in results if r.status == "ok" and r.cache_key}
     if len(measured.failures) < len(cohort.items):
-        log_morphometry_run(reg, info, cohort, measured, provenance)
+        # Which pipeline ran (SCT's orientation, crop box source and paddings, or an
+        # external command) goes with the morphometrics.
+        pipeline = package_pipeline(package)
+        inference = {"pipeline": None if pipeline is None else asdict(pipeline)}
+        log_morphometry_run(reg, info, cohort, measured, provenance | {"inference": inference})
     return measured
 
 

@@ -26,6 +26,7 @@ from drift.cohort.evaluate import Measured, csa_history, evaluate_version, measu
 from registry.errors import InputError
 
 if TYPE_CHECKING:
+    from drift.cohort.engine import Engine
     from drift.cohort.manifest import Cohort
     from drift.gate.policy import DriftResult, Policy
     from registry.api import VersionInfo
@@ -45,9 +46,10 @@ class CheckResult:
     history: pd.DataFrame
     failures: dict[str, list[dict[str, str]]]
     run_id: str | None = None
+    qc: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # name -> (caption, png)
 
 
-def ground_truth(cohort: Cohort, root: Path) -> pd.DataFrame | None:
+def ground_truth(cohort: Cohort, root: Path, engine: Engine | None = None) -> pd.DataFrame | None:
     """Morphometrics of the cohort's ground-truth segmentations (None when it has none)."""
     paths = {
         (it.subject, it.contrast): it.gt_seg.locate(root)
@@ -56,7 +58,7 @@ def ground_truth(cohort: Cohort, root: Path) -> pd.DataFrame | None:
     }
     if not paths:
         return None
-    return measure_cohort(cohort.items, root, paths).table
+    return measure_cohort(cohort.items, root, paths, engine).table
 
 
 def dice_table(measured: dict[str, Measured]) -> pd.DataFrame | None:
@@ -135,8 +137,13 @@ def run_check(
     registry_uri: str | None = None,
     progress: bool = True,
     on_stage: Callable[[str], None] | None = None,
+    engine: Engine | None = None,
 ) -> CheckResult:
-    """Everything but the writing of outputs and of the verdict (see :func:`record_verdict`)."""
+    """Everything but the writing of outputs and of the verdict (see :func:`record_verdict`).
+
+    ``engine``: a distributed :class:`drift.cohort.engine.Engine` (``--scheduler``) runs the
+    segmentation and measuring tasks on its cluster; None runs them in this process.
+    """
     from drift.cohort.manifest import load_cohort
     from drift.cohort.roots import ensure_root
     from drift.cohort.verify import verify_cohort
@@ -182,13 +189,14 @@ def run_check(
             device=device,
             progress=progress,
             provenance=provenance | {"model": info.ref, "role": role},
+            engine=engine,
         )
     base_t, cand_t = measured["baseline"].table, measured["candidate"].table
     if base_t.empty or cand_t.empty:
         raise InputError(
             "no segmentation could be measured for one of the versions", cohort.manifest
         )
-    gt = ground_truth(cohort, cohort_root)
+    gt = ground_truth(cohort, cohort_root, engine)
     dice = dice_table(measured)
     result = drift_result(
         base_t,

@@ -62,6 +62,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from drift.gate.stats import (
+    bland_altman,
+    bootstrap_mean_ci,
+    icc_a1,
+    robust_outliers,
+    tost_pvalue,
+    wilcoxon_pvalue,
+    wilcoxon_pvalues,
+)
 from drift.measure.levels import LEVEL_PREFIXES, level_name
 from registry.errors import InputError
 
@@ -100,194 +109,6 @@ VERSIONS: tuple[str, str] = ("baseline", "candidate")
 
 _MAD_SCALE = 1.4826  # MAD -> SD for normal data
 _Z975 = 1.959963984540054
-#: Relative differences at or below this are floating-point noise (summation order, a
-#: re-saved file), not drift: they count as ties (Wilcoxon) and as zero (Bland-Altman).
-FP_RTOL = 1e-9
-
-
-# --------------------------------------------------------------------------------------------
-# Small statistics on arrays (each usable alone)
-# --------------------------------------------------------------------------------------------
-
-
-def bootstrap_mean_ci(
-    values: np.ndarray, *, n_boot: int = 2000, seed: int | Sequence[int] = 0, cl: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values`` (one row of resample indices per
-    resample, all resamples at once: no Python loop).
-
-    >>> lo, hi = bootstrap_mean_ci(np.array([1.0, 2.0, 3.0, 4.0]), seed=1)
-    >>> 1.0 <= lo < 2.5 < hi <= 4.0
-    True
-    """
-    x = np.asarray(values, dtype=float)
-    n = x.size
-    if n == 0:
-        return math.nan, math.nan
-    if n == 1:
-        return float(x[0]), float(x[0])
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    means = x[idx].mean(axis=1)
-    tail = (1.0 - cl) / 2.0
-    lo, hi = np.quantile(means, [tail, 1.0 - tail])
-    return float(lo), float(hi)
-
-
-def tost_pvalue(mean: float, se: float, df: float, margin: float) -> float:
-    """TOST p-value for a log-ratio mean against the band ``[log(1-margin), log(1+margin)]``.
-
-    ``mean``, ``se`` and ``df`` are the mean log-ratio, its standard error and the degrees of
-    freedom (n - 1). The p-value is ``max(p_lower, p_upper)`` of the two one-sided t-tests
-    (H0: mean <= log(1-margin); H0: mean >= log(1+margin)). With ``se == 0`` (all ratios
-    equal) it is 0 inside the band and 1 on or outside it.
-
-    >>> tost_pvalue(0.0, 0.001, 30, 0.01) < 1e-9
-    True
-    >>> round(tost_pvalue(math.log(1.01), 0.001, 30, 0.01), 3)  # estimate on the bound
-    0.5
-    >>> tost_pvalue(math.log(0.98), 0.0, 30, 0.01)
-    1.0
-    """
-    if not (np.isfinite(mean) and np.isfinite(se) and df >= 1 and 0 < margin < 1):
-        return math.nan
-    lo, hi = math.log(1.0 - margin), math.log(1.0 + margin)
-    if se == 0:
-        return 0.0 if lo < mean < hi else 1.0
-    p_lower = float(stats.t.sf((mean - lo) / se, df))
-    p_upper = float(stats.t.cdf((mean - hi) / se, df))
-    return max(p_lower, p_upper)
-
-
-def wilcoxon_pvalue(log_ratios: np.ndarray) -> float:
-    """Two-sided paired Wilcoxon signed-rank p-value of ``log(c/b)`` against 0.
-
-    All-zero differences (identical versions) give 1.0; fewer than 2 values give NaN;
-    differences within :data:`FP_RTOL` of zero are ties (floating-point noise is not data).
-
-    >>> wilcoxon_pvalue(np.zeros(10))
-    1.0
-    >>> wilcoxon_pvalue(np.linspace(0.01, 0.02, 12)) < 0.001
-    True
-    """
-    d = np.asarray(log_ratios, dtype=float)
-    if d.size < 2:
-        return math.nan
-    d = np.where(np.abs(d) <= FP_RTOL, 0.0, d)  # log-ratio ~ relative difference: ties
-    if np.all(d == 0):
-        return 1.0
-    return float(stats.wilcoxon(d, zero_method="wilcox").pvalue)
-
-
-def wilcoxon_pvalues(groups: Sequence[np.ndarray]) -> list[float]:
-    """:func:`wilcoxon_pvalue` of many groups at once: groups of one size without ties at
-    zero go to scipy in one call along an axis (the same numbers, without scipy's per-call
-    overhead); the others one by one.
-
-    >>> d = [np.linspace(0.01, 0.02, 12), np.zeros(5), np.linspace(-0.01, 0.03, 12)]
-    >>> wilcoxon_pvalues(d) == [wilcoxon_pvalue(x) for x in d]
-    True
-    """
-    out = [math.nan] * len(groups)
-    batches: dict[int, list[int]] = {}
-    for i, values in enumerate(groups):
-        d = np.asarray(values, dtype=float)
-        if d.size >= 2 and np.all(np.abs(d) > FP_RTOL):
-            batches.setdefault(d.size, []).append(i)
-        else:
-            out[i] = wilcoxon_pvalue(d)
-    for members in batches.values():
-        rows = np.vstack([np.asarray(groups[i], dtype=float) for i in members])
-        p = np.atleast_1d(stats.wilcoxon(rows, zero_method="wilcox", axis=1).pvalue)
-        for i, value in zip(members, p, strict=True):
-            out[i] = float(value)
-    return out
-
-
-@dataclass(frozen=True)
-class BlandAltman:
-    """Bland-Altman agreement of paired measurements (``candidate - baseline``)."""
-
-    bias: float
-    loa: tuple[float, float]
-    bias_pct: float
-    loa_pct: tuple[float, float]
-
-
-def bland_altman(baseline: np.ndarray, candidate: np.ndarray) -> BlandAltman:
-    """Bias and 95 % limits of agreement (bias ± 1.96 SD, SD with ddof=1), in the metric's
-    units and in percent of the pair mean.
-
-    >>> ba = bland_altman(np.array([10.0, 20.0, 30.0]), np.array([11.0, 21.0, 31.0]))
-    >>> ba.bias, ba.loa
-    (1.0, (1.0, 1.0))
-    """
-    b = np.asarray(baseline, dtype=float)
-    c = np.asarray(candidate, dtype=float)
-    if b.size < 2:
-        nan2 = (math.nan, math.nan)
-        return BlandAltman(math.nan, nan2, math.nan, nan2)
-    diff = c - b
-    diff = np.where(np.abs(diff) <= FP_RTOL * np.abs((c + b) / 2.0), 0.0, diff)
-    pct = 100.0 * diff / ((c + b) / 2.0)
-    bias, sd = float(diff.mean()), float(diff.std(ddof=1))
-    bias_p, sd_p = float(pct.mean()), float(pct.std(ddof=1))
-    return BlandAltman(
-        bias,
-        (bias - _Z975 * sd, bias + _Z975 * sd),
-        bias_p,
-        (bias_p - _Z975 * sd_p, bias_p + _Z975 * sd_p),
-    )
-
-
-def icc_a1(ratings: np.ndarray) -> float:
-    """ICC(A,1): two-way model, absolute agreement, single measure (McGraw & Wong 1996, case
-    A,1; the same number as Shrout & Fleiss 1979 ICC(2,1)).
-
-    ``ratings`` is an (n targets x k raters) array without NaN; here targets are subjects and
-    raters the two model versions. ``(MSR - MSE) / (MSR + (k-1) MSE + k (MSC - MSE) / n)``.
-
-    >>> icc_a1(np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]))
-    1.0
-    """
-    y = np.asarray(ratings, dtype=float)
-    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 2:
-        return math.nan
-    n, k = y.shape
-    grand = y.mean()
-    ss_rows = k * float(((y.mean(axis=1) - grand) ** 2).sum())
-    ss_cols = n * float(((y.mean(axis=0) - grand) ** 2).sum())
-    ss_err = float(((y - grand) ** 2).sum()) - ss_rows - ss_cols
-    msr = ss_rows / (n - 1)
-    msc = ss_cols / (k - 1)
-    mse = max(ss_err, 0.0) / ((n - 1) * (k - 1))
-    denom = msr + (k - 1) * mse + k * (msc - mse) / n
-    if denom <= 0:
-        return math.nan
-    return float((msr - mse) / denom)
-
-
-def robust_outliers(
-    values: np.ndarray, *, k: float = 3.5, floor: float = 1e-3
-) -> tuple[np.ndarray, np.ndarray]:
-    """Flag values far from the median: ``|x - median| > max(k * 1.4826 * MAD, floor)``.
-
-    Returns (mask, robust z = (x - median) / (1.4826 MAD), inf where MAD is 0 and x differs).
-
-    >>> mask, z = robust_outliers(np.array([0.0, 0.001, -0.001, 0.0005, 0.2]))
-    >>> mask.tolist()
-    [False, False, False, False, True]
-    """
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return np.zeros(0, dtype=bool), np.zeros(0)
-    med = float(np.median(x))
-    dev = x - med
-    mad = _MAD_SCALE * float(np.median(np.abs(dev)))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(dev == 0, 0.0, dev / mad) if mad > 0 else np.where(dev == 0, 0.0, np.inf)
-    mask = np.abs(dev) > max(k * mad, floor)
-    return mask, np.sign(dev) * np.abs(z)
 
 
 # --------------------------------------------------------------------------------------------
