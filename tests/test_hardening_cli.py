@@ -206,6 +206,7 @@ BOUNDARY: dict[str, tuple[list[str], str]] = {
     "normative export": (["db", "OUT"], "registry.api.connect"),
     "normative zscore": (["SEG", "--db", "db"], "registry.api.connect"),
     "models audit": (["m"], "registry.api.connect"),
+    "policy schema": ([], "drift.gate.schema.json_schema"),
     "release candidate": ([], "drift.gate.release.resolve_candidate"),
     "release gated": (
         ["SEG", "SEG", "--tree", "t", "--path", "p"],
