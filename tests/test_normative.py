@@ -21,7 +21,7 @@ import pytest
 
 from drift.gate.policy import drift_result
 from drift.gate.report import write_json
-from drift.measure.sctcsv import COLUMNS_23, read_sct_csv
+from drift.measure.sctcsv import COLUMNS_23, COLUMNS_29, read_sct_csv
 from drift.normative.layout import load_data, pam50_measurements, write_synthetic_db
 from drift.normative.policy import (
     DEFAULT_POLICY_PATH,
@@ -910,7 +910,8 @@ def test_recompute_on_phantom_cohort(env: Env, tmp_path: Path) -> None:
         assert [f.name for f in files] == [f"sub-phantom0{i}_T2w_PAM50.csv" for i in (1, 2, 3)]
         for f in files:
             raw = read_sct_csv(f)
-            assert list(raw.columns) == COLUMNS_23 and len(raw) == 945
+            # a recompute writes what SCT >= 7.4 writes: the 29-column layout
+            assert list(raw.columns) == COLUMNS_29 and len(raw) == 945
         data = load_data(folder)
         parts = pd.read_csv(folder / "participants.tsv", sep="\t")
         record = read_records(folder)["recompute"]
