@@ -205,5 +205,11 @@ def test_a_finished_drift_run_counts_before_the_version_is_tagged(store: CheckSt
     assert store.verdict_for(t) is None  # still running: not a recorded verdict
     reg.client.set_terminated(run.info.run_id, "FINISHED")
     assert store.verdict_for(t) == "warn"
+    # ... and the version gets the tags and description the crash left undone, from the run
+    tags = reg.resolve(t.candidate.ref).tags
+    assert tags["cordwatch.drift.verdict"] == "warn"
+    assert tags["cordwatch.drift.run_id"] == run.info.run_id
+    assert tags["cordwatch.drift.policy_sha256"] == t.key.policy_sha256
+    assert "**WARN**" in reg.resolve(t.candidate.ref).description
     store.set_state(attempt, state="recording", heartbeat="0")  # its owner died recording
     assert store.claim(t, "poll") is None

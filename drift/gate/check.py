@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from drift.cohort.engine import Engine
     from drift.cohort.manifest import Cohort
     from drift.gate.policy import DriftResult, Policy
-    from registry.api import VersionInfo
+    from registry.api import Registry, VersionInfo
 
 DRIFT_EXPERIMENT = "cordwatch-drift"
 
@@ -238,7 +238,7 @@ def record_verdict(
     """
     from mlflow.entities import Metric, Param
 
-    from drift.gate.audit import gate_metrics, gate_params, verdict_description
+    from drift.gate.audit import gate_metrics, gate_params
     from drift.gate.report import write_json, write_report
     from registry.api import connect
 
@@ -283,19 +283,44 @@ def record_verdict(
         status = "FINISHED"
     finally:
         reg.client.set_terminated(run_id, status)
-    reg.set_version_tags(
+    tag_candidate(
+        reg,
         cand.ref,
+        verdict=result.verdict,
+        run_id=run_id,
+        baseline_ref=base.ref,
+        policy_sha256=str(result.provenance.get("policy_sha256", "")),
+        cohort_sha256=str(result.provenance.get("cohort", {}).get("cohort_manifest_sha256", "")),
+    )
+    return run_id
+
+
+def tag_candidate(
+    reg: Registry,
+    ref: str,
+    *,
+    verdict: str,
+    run_id: str,
+    baseline_ref: str,
+    policy_sha256: str,
+    cohort_sha256: str,
+) -> None:
+    """Put a drift run's verdict on the candidate version: the verdict tags, then the version's
+    description naming the verdict and linking the run (tags are easily missed). Idempotent, so
+    a verdict whose run finished before a crash can be re-applied from the run alone."""
+    from drift.gate.audit import verdict_description
+
+    reg.set_version_tags(
+        ref,
         {
-            "cordwatch.drift.verdict": result.verdict,
+            "cordwatch.drift.verdict": verdict,
             "cordwatch.drift.run_id": run_id,
-            "cordwatch.drift.baseline": base.ref,
-            "cordwatch.drift.policy_sha256": str(result.provenance.get("policy_sha256", "")),
-            "cordwatch.drift.cohort_sha256": str(
-                result.provenance.get("cohort", {}).get("cohort_manifest_sha256", "")
-            ),
+            "cordwatch.drift.baseline": baseline_ref,
+            "cordwatch.drift.policy_sha256": policy_sha256,
+            "cordwatch.drift.cohort_sha256": cohort_sha256,
         },
     )
-    # The verdict in the version's description, linked to the run (tags are easily missed).
-    text = verdict_description(cand.description, result.verdict, base.ref, run_id, exp_id)
-    reg.client.update_model_version(cand.name, str(cand.version), description=text)
-    return run_id
+    info = reg.resolve(ref)
+    exp_id = reg.client.get_run(run_id).info.experiment_id
+    text = verdict_description(info.description, verdict, baseline_ref, run_id, exp_id)
+    reg.client.update_model_version(info.name, str(info.version), description=text)

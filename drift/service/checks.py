@@ -182,6 +182,8 @@ class CheckSettings:
     policy_path: Path | None = None
     device: str = "auto"
     registry_uri: str | None = None
+    #: ``--scheduler`` (drift.cohort.engine): None runs checks in the service's process.
+    scheduler: str | None = None
     max_attempts: int = 3
     lease_s: float = 60.0
     heartbeat_s: float = 5.0
@@ -234,8 +236,10 @@ class CheckStore:
 
     def recorded_run_verdict(self, target: Target) -> str | None:
         """The verdict of a finished drift run of this key (candidate, baseline, cohort and
-        policy as the run's tags and params say), if there is one."""
-        from drift.gate.check import DRIFT_EXPERIMENT
+        policy as the run's tags and params say), if there is one. The candidate's tags and
+        description are re-applied from that run (what a crash after the run finished, before
+        the tagging, left undone), unless a later verdict already tags the version."""
+        from drift.gate.check import DRIFT_EXPERIMENT, tag_candidate
 
         exp = self.reg.client.get_experiment_by_name(DRIFT_EXPERIMENT)
         if exp is None:
@@ -248,7 +252,32 @@ class CheckStore:
             " and attributes.status = 'FINISHED'"
         )
         runs = self.reg.client.search_runs([exp.experiment_id], query, max_results=1)
-        return runs[0].data.tags.get(VERDICT_TAG) if runs else None
+        if not runs or not runs[0].data.tags.get(VERDICT_TAG):
+            return None
+        verdict = runs[0].data.tags[VERDICT_TAG]
+        if self._tagged_run_older(target.candidate.ref, runs[0].info.start_time):
+            with self.reg.write_lock():
+                tag_candidate(
+                    self.reg,
+                    target.candidate.ref,
+                    verdict=verdict,
+                    run_id=runs[0].info.run_id,
+                    baseline_ref=target.baseline.ref,
+                    policy_sha256=target.key.policy_sha256,
+                    cohort_sha256=target.key.cohort_sha256,
+                )
+        return verdict
+
+    def _tagged_run_older(self, ref: str, start_time: int) -> bool:
+        """Whether the version's verdict tags are missing or come from a run started before
+        ``start_time`` (so a later run's verdict is never overwritten by an older one)."""
+        tagged = self.reg.resolve(ref).tags.get("cordwatch.drift.run_id")
+        if not tagged:
+            return True
+        try:
+            return int(self.reg.client.get_run(tagged).info.start_time or 0) < int(start_time)
+        except Exception:  # the tagged run is gone: `models audit` flags it; re-tag
+            return True
 
     def _tagged_verdict(self, target: Target, tags: dict[str, str]) -> str | None:
         verdict = tags.get(VERDICT_TAG)
@@ -395,6 +424,7 @@ def execute(
 ) -> Outcome:
     """Run the check of ``attempt`` with the existing orchestration (run_check, then
     record_verdict), heart-beating all along. Stops before recording when ``stop`` is set."""
+    from drift.cohort.engine import open_engine
     from drift.gate.check import record_verdict, run_check
     from drift.gate.report import render_report, write_rendered
 
@@ -414,22 +444,38 @@ def execute(
 
     fields = {"key": attempt.key, "attempt": attempt.number, "candidate": target.candidate.ref,
               "baseline": target.baseline.ref}  # fmt: skip
+    last_tick = [0.0]
+
+    def on_done(done: int, total: int) -> None:  # per-image progress from the cluster
+        now = time.monotonic()
+        if done == total or now - last_tick[0] >= 1.0:
+            last_tick[0] = now
+            on_stage(f"{done}/{total} images done on the cluster")
+
     heart = threading.Thread(target=beat, name=f"heartbeat-{attempt.key[:8]}", daemon=True)
     heart.start()
     log("started", **fields)
     try:
         try:
-            chk = run_check(
-                target.candidate.ref,
-                target.baseline.ref,
-                settings.cohort_ref,
-                root=settings.root,
-                policy_path=settings.policy_path,
+            # A LocalCluster (--scheduler local[:N]) lives for one check; tcp:// is connected.
+            with open_engine(
+                settings.scheduler,
+                say=lambda msg: log("engine", message=msg, **fields),
                 device=settings.device,
-                registry_uri=settings.registry_uri,
-                progress=False,
-                on_stage=on_stage,
-            )
+                on_done=on_done,
+            ) as engine:
+                chk = run_check(
+                    target.candidate.ref,
+                    target.baseline.ref,
+                    settings.cohort_ref,
+                    root=settings.root,
+                    policy_path=settings.policy_path,
+                    device=settings.device,
+                    registry_uri=settings.registry_uri,
+                    progress=False,
+                    on_stage=on_stage,
+                    engine=engine if engine.distributed else None,
+                )
             # The registry may have moved while we computed: record only what was checked.
             if chk.candidate.sha256 != target.key.candidate_sha256 or (
                 chk.baseline.sha256 != target.key.baseline_sha256
