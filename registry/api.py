@@ -286,6 +286,40 @@ def _mlflow_errors(subject: str, uri: str) -> Iterator[None]:
         raise RegistryError(f"storage error: {err} (registry {uri})", subject) from err
 
 
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
+def _probe_database(uri: str) -> None:
+    """Fail fast, in one line, on a registry database that does not answer.
+
+    MLflow's SQL store retries its first connection for about two minutes and logs a warning
+    per attempt; one connection with a timeout (``CORDWATCH_DB_CONNECT_TIMEOUT`` seconds,
+    default 10) says the same at once.
+    """
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in _DATABASE_SCHEMES:
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    timeout = int(os.environ.get("CORDWATCH_DB_CONNECT_TIMEOUT", "10"))
+    args = {"connect_timeout": timeout} if scheme != "mssql" else {"timeout": timeout}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=args, poolclass=NullPool)
+    except (sqlalchemy.exc.ArgumentError, ImportError) as err:  # no driver, malformed URI
+        why = _first_line(str(err))
+        raise RegistryError(f"cannot open the registry database: {why}", uri) from err
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.DBAPIError as err:
+        cause = _NETWORK_CAUSE.search(str(err))
+        why = cause.group(1) if cause else _first_line(str(err.orig)).rstrip(".")
+        raise RegistryError(f"cannot reach the registry database ({why})", uri) from None
+    finally:
+        engine.dispose()
+
+
 class Registry:
     """A connection to one registry (see :func:`connect`). Cheap to create: MLflow is imported
     and its client built only on first use, so a pull served by the cache never imports it."""
@@ -310,6 +344,7 @@ class Registry:
             # MLflow prints "View run ... at: URL" on stdout for server runs; stdout is ours.
             os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
             ensure_sqlite_store(self.settings)
+            _probe_database(self.settings.uri)
             from mlflow import MlflowClient
 
             self._client = MlflowClient(

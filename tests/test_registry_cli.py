@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +176,20 @@ def test_registry_flag_wins_over_environment(home: Path, tmp_path: Path) -> None
     assert err == (
         "cordwatch: error: http://127.0.0.1:9: cannot reach the registry server "
         "(Connection refused)\n"
+    )
+
+
+def test_unreachable_database_is_one_line_at_once(home: Path) -> None:
+    """MLflow's SQL store retried a dead PostgreSQL for ~2 minutes, logging a warning per try;
+    the registry probes it once (with a timeout) and says so in one line, password redacted."""
+    env = {"MLFLOW_TRACKING_URI": "postgresql://mlflow:pg-s3cret@127.0.0.1:9/mlflow"}
+    started = time.monotonic()
+    code, out, err = cw("list", env=env)
+    assert time.monotonic() - started < 30  # before: 105-118 s
+    assert (code, out) == (2, "")
+    assert err == (
+        "cordwatch: error: postgresql://***@127.0.0.1:9/mlflow: cannot reach the registry "
+        "database (Connection refused)\n"
     )
 
 
