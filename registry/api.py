@@ -43,7 +43,6 @@ import contextlib
 import getpass
 import os
 import random
-import re
 import shutil
 import tempfile
 import threading
@@ -72,8 +71,10 @@ from registry.package import stage_package
 from registry.refs import Ref, check_alias, check_model_name, check_tag_key, parse_ref
 from registry.settings import (
     DB_NAME,
+    NETWORK_CAUSE,
     RegistrySettings,
     ensure_sqlite_store,
+    probe_database,
     resolve_settings,
     sqlite_path,
 )
@@ -93,10 +94,6 @@ PACKAGE_ARTIFACT = f"{MODEL_PATH}/artifacts/package"
 MANIFEST_ARTIFACT = f"{MODEL_PATH}/artifacts/{MANIFEST_NAME}"
 EXPERIMENT_PREFIX = "cordwatch-models/"
 _KIND_TAG = "cordwatch.kind"
-_NETWORK_CAUSE = re.compile(
-    r"(Connection refused|Name or service not known|Temporary failure in name resolution|"
-    r"timed out|certificate verify failed|Connection reset by peer)"
-)
 _MAX_REASON = 5000
 
 
@@ -278,46 +275,12 @@ def _mlflow_errors(subject: str, uri: str) -> Iterator[None]:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise RegistryError(f"not found in {uri}: {_first_line(err.message)}", subject) from err
         if "API request to" in err.message and "failed with exception" in err.message:
-            cause = _NETWORK_CAUSE.search(err.message)
+            cause = NETWORK_CAUSE.search(err.message)
             why = cause.group(1) if cause else "connection failed"
             raise RegistryError(f"cannot reach the registry server ({why})", uri) from err
         raise RegistryError(f"{_first_line(err.message)} (registry {uri})", subject) from err
     except OSError as err:
         raise RegistryError(f"storage error: {err} (registry {uri})", subject) from err
-
-
-_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
-
-
-def _probe_database(uri: str) -> None:
-    """Fail fast, in one line, on a registry database that does not answer.
-
-    MLflow's SQL store retries its first connection for about two minutes and logs a warning
-    per attempt; one connection with a timeout (``CORDWATCH_DB_CONNECT_TIMEOUT`` seconds,
-    default 10) says the same at once.
-    """
-    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
-    if scheme not in _DATABASE_SCHEMES:
-        return
-    import sqlalchemy
-    from sqlalchemy.pool import NullPool
-
-    timeout = int(os.environ.get("CORDWATCH_DB_CONNECT_TIMEOUT", "10"))
-    args = {"connect_timeout": timeout} if scheme != "mssql" else {"timeout": timeout}
-    try:
-        engine = sqlalchemy.create_engine(uri, connect_args=args, poolclass=NullPool)
-    except (sqlalchemy.exc.ArgumentError, ImportError) as err:  # no driver, malformed URI
-        why = _first_line(str(err))
-        raise RegistryError(f"cannot open the registry database: {why}", uri) from err
-    try:
-        with engine.connect():
-            pass
-    except sqlalchemy.exc.DBAPIError as err:
-        cause = _NETWORK_CAUSE.search(str(err))
-        why = cause.group(1) if cause else _first_line(str(err.orig)).rstrip(".")
-        raise RegistryError(f"cannot reach the registry database ({why})", uri) from None
-    finally:
-        engine.dispose()
 
 
 class Registry:
@@ -344,7 +307,7 @@ class Registry:
             # MLflow prints "View run ... at: URL" on stdout for server runs; stdout is ours.
             os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
             ensure_sqlite_store(self.settings)
-            _probe_database(self.settings.uri)
+            probe_database(self.settings.uri)
             from mlflow import MlflowClient
 
             self._client = MlflowClient(

@@ -22,6 +22,7 @@ several processes creating MLflow's tables in one new sqlite file at once corrup
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import urllib.parse
 from dataclasses import dataclass
@@ -172,3 +173,49 @@ def ensure_sqlite_store(settings: RegistrySettings) -> None:
             raise RegistryError(f"cannot initialise the sqlite registry: {err}", db) from err
         with atomic_path(_marker(db)) as tmp:
             tmp.write_text(_identity(db) + "\n")
+
+
+# Transport failures worth naming in "cannot reach ..." messages.
+NETWORK_CAUSE = re.compile(
+    r"(Connection refused|Name or service not known|Temporary failure in name resolution|"
+    r"timed out|certificate verify failed|Connection reset by peer)"
+)
+
+
+def _first_line(text: str) -> str:
+    line = (text or "").strip().splitlines()[0] if (text or "").strip() else "unknown error"
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+_DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
+def probe_database(uri: str) -> None:
+    """Fail fast, in one line, on a registry database that does not answer.
+
+    MLflow's SQL store retries its first connection for about two minutes and logs a warning
+    per attempt; one connection with a timeout (``CORDWATCH_DB_CONNECT_TIMEOUT`` seconds,
+    default 10) says the same at once.
+    """
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in _DATABASE_SCHEMES:
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    timeout = int(os.environ.get("CORDWATCH_DB_CONNECT_TIMEOUT", "10"))
+    args = {"connect_timeout": timeout} if scheme != "mssql" else {"timeout": timeout}
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args=args, poolclass=NullPool)
+    except (sqlalchemy.exc.ArgumentError, ImportError) as err:  # no driver, malformed URI
+        why = _first_line(str(err))
+        raise RegistryError(f"cannot open the registry database: {why}", uri) from err
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.DBAPIError as err:
+        cause = NETWORK_CAUSE.search(str(err))
+        why = cause.group(1) if cause else _first_line(str(err.orig)).rstrip(".")
+        raise RegistryError(f"cannot reach the registry database ({why})", uri) from None
+    finally:
+        engine.dispose()
