@@ -51,7 +51,9 @@ def shrunk_copy(src: Path, dst: Path, *, factor: float = 0.98, seed: int = 14) -
         for i, row in enumerate(body):
             for j, col in enumerate(cols):
                 if row[col] != "":
-                    row[col] = repr(float(row[col]) * scale[header[col]] * subject * noise[i, j])
+                    # float(): repr of a numpy scalar is "np.float64(...)", not a number
+                    value = float(row[col]) * scale[header[col]] * subject * noise[i, j]
+                    row[col] = repr(float(value))
         with (dst / path.name).open("w", newline="") as fh:
             csv.writer(fh, lineterminator="\n").writerows([header, *body])
 

@@ -6,9 +6,10 @@
 
 Measures, on the demo cohort's phantoms (``make_subject(i, seed=0)``, 48 x 48 x ~135 voxels of
 1 mm): the model load, ``predict_array`` per image (median, min, max; after one warm-up image),
-and ``segment_cohort`` over the same files cold (hash + read + predict + write the cache) and
-warm (everything cached: hashes only, no model load). Prints a JSON record with the device and
-library versions; the README's table is made of these records.
+and ``segment_cohort`` over the same files cold (hash + read + predict + write the cache),
+without and with the prefetch (the next image hashed and read in a thread while the current
+one is predicted), and warm (everything cached: hashes only, no model load). Prints a JSON
+record with the device and library versions; the README's table is made of these records.
 """
 
 from __future__ import annotations
@@ -79,17 +80,26 @@ def bench(model: Path, device: str, n_images: int, threads: int | None) -> dict:
             images.append((f"{subject.subject_id}/{contrast}", path, sha256_file(path)))
         package_sha = "bench-" + sha256_file(model / "fold_0" / "checkpoint_final.pth")
         runs = {}
-        for label in ("cold", "warm"):
+        # cold without the prefetch (each image read after the previous one is written), cold
+        # with it (the default: image i + 1 hashed and read while image i is predicted), warm.
+        for label, cache, prefetch in (
+            ("cold_no_prefetch", "cache-plain", False),
+            ("cold", "cache", True),
+            ("warm", "cache", True),
+        ):
+            sync()
             t = time.perf_counter()
             results = segment_cohort(
                 model,
                 package_sha,
                 images,
-                Path(tmp) / "cache",
+                Path(tmp) / cache,
                 device,
                 progress=False,
                 num_threads=threads,
+                prefetch=prefetch,
             )
+            sync()
             runs[label] = time.perf_counter() - t
             assert all(r.status == "ok" for r in results), results
         assert all(r.cached for r in results)
@@ -106,6 +116,9 @@ def bench(model: Path, device: str, n_images: int, threads: int | None) -> dict:
         "predict_seconds_median": round(statistics.median(times), 3),
         "predict_seconds_min": round(min(times), 3),
         "predict_seconds_max": round(max(times), 3),
+        "cohort_cold_no_prefetch_seconds_per_image": round(
+            runs["cold_no_prefetch"] / len(images), 3
+        ),
         "cohort_cold_seconds_per_image": round(runs["cold"] / len(images), 3),
         "cohort_warm_seconds_per_image": round(runs["warm"] / len(images), 4),
         "torch": torch.__version__,

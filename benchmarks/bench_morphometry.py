@@ -2,6 +2,17 @@
 
 Usage: .venv/bin/python benchmarks/bench_morphometry.py [--repeat 7] [--data ../shared/data]
        .venv/bin/python benchmarks/bench_morphometry.py --sct-cases [--repeat 5] [--before REV]
+       .venv/bin/python benchmarks/bench_morphometry.py --linear [--repeat 5]
+       .venv/bin/python benchmarks/bench_morphometry.py --batch 6 [--repeat 5]
+
+``--linear``: issue 14's "4x the slices costs <= 4.4x": the PAM50 cord (991 slices) and the
+same cord four times as long (mirrored copies end to end, 3964 slices, so the centerline
+stays smooth), per level, compute only (arrays in memory) and the whole command in-process
+(NIfTI files read, CSV written), alternating, medians of --repeat.
+
+``--batch N``: issue 14's batch target: ``cordwatch morphometry --batch TABLE -o DIR
+--perlevel`` as whole processes with 1 and with N rows of the PAM50 cord + its level file,
+alternating; the marginal cost of one more file is (T_N - T_1) / (N - 1), wall and CPU.
 
 ``--sct-cases``: the seven cases SCT 7.4 was timed on (issue 14), each as the whole
 ``cordwatch morphometry ... -o out.csv`` process, wall clock, the cases alternating run by
@@ -144,13 +155,13 @@ def sct_cases(data: Path, repeat: int, before: str | None) -> None:
             cpus[name].append(cpu)
         loads.append(os.getloadavg()[0])
     med = {name: statistics.median(v) for name, v in walls.items()}
-    cpu = {name: statistics.median(v) for name, v in cpus.items()}
+    cpu_med = {name: statistics.median(v) for name, v in cpus.items()}
     print(
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}; load average during the runs "
         f"{min(loads):.1f}-{max(loads):.1f}; {repeat} alternating runs per case, whole "
-        f"processes; floors: t2 {med['floor t2']:.2f} s wall / {cpu['floor t2']:.2f} s CPU, "
-        f"PAM50 {med['floor PAM50']:.2f} s / {cpu['floor PAM50']:.2f} s\n"
+        f"processes; floors: t2 {med['floor t2']:.2f} s wall / {cpu_med['floor t2']:.2f} s CPU, "
+        f"PAM50 {med['floor PAM50']:.2f} s / {cpu_med['floor PAM50']:.2f} s\n"
     )
     head = "| case | SCT 7.4 (issue) | cordwatch wall (min-max) | x SCT | / floor | CPU | / floor |"
     if before:
@@ -163,7 +174,8 @@ def sct_cases(data: Path, repeat: int, before: str | None) -> None:
         line = (
             f"| {name} | {SCT_SECONDS[name]:.1f} s | {med[name]:.2f} s "
             f"({min(ws):.2f}-{max(ws):.2f}) | {SCT_SECONDS[name] / med[name]:.0f}x "
-            f"| {med[name] / med[floor]:.1f}x | {cpu[name]:.2f} s | {cpu[name] / cpu[floor]:.1f}x |"
+            f"| {med[name] / med[floor]:.1f}x | {cpu_med[name]:.2f} s "
+            f"| {cpu_med[name] / cpu_med[floor]:.1f}x |"
         )
         if before:
             b = med[f"before: {name}"]
@@ -172,13 +184,135 @@ def sct_cases(data: Path, repeat: int, before: str | None) -> None:
     print(f"(temp folder {tmp})")
 
 
+def _pam50_long(data: Path, copies: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The PAM50 cord and level volumes repeated ``copies`` times along z, every other copy
+    mirrored (a continuous cord), with the cord's affine."""
+    import nibabel as nib
+
+    cord = nib.nifti1.load(str(data / "PAM50" / "PAM50_cord.nii.gz"))
+    levels = nib.nifti1.load(str(data / "PAM50" / "PAM50_levels.nii.gz"))
+    c, lv = np.asanyarray(cord.dataobj), np.asanyarray(levels.dataobj)
+    parts_c = [c if k % 2 == 0 else c[:, :, ::-1] for k in range(copies)]
+    parts_l = [lv if k % 2 == 0 else lv[:, :, ::-1] for k in range(copies)]
+    return np.concatenate(parts_c, axis=2), np.concatenate(parts_l, axis=2), cord.affine
+
+
+def _load_note() -> str:
+    import os
+    import platform
+
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+
+
+def linear(data: Path, repeat: int) -> None:
+    """4x the slices: compute only and whole command in-process (see the module doc)."""
+    import os
+
+    import nibabel as nib
+
+    from drift.cli.morphometry import morphometry_table
+    from drift.measure.levels import aggregate, slice_levels_from_labeled
+    from drift.measure.morphometry import slice_metrics
+    from drift.measure.sctcsv import write_sct_csv
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-linear-"))
+    arrays: dict[int, tuple[np.ndarray, np.ndarray, tuple[float, float, float]]] = {}
+    files: dict[int, tuple[Path, Path]] = {}
+    for copies in (1, 4):
+        cord, lv, affine = _pam50_long(data, copies)
+        seg_path, lv_path = tmp / f"cord{copies}.nii.gz", tmp / f"levels{copies}.nii.gz"
+        nib.save(nib.Nifti1Image(cord, affine), seg_path)
+        nib.save(nib.Nifti1Image(lv, affine), lv_path)
+        sx, sy, sz = (float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+        arrays[copies] = (cord.astype(np.float32), slice_levels_from_labeled(lv), (sx, sy, sz))
+        files[copies] = (seg_path, lv_path)
+    times: dict[tuple[int, str], list[float]] = {}
+    loads = []
+    for _ in range(repeat):
+        for copies, (cord, levels, spacing) in arrays.items():
+            start = time.perf_counter()
+            aggregate(slice_metrics(cord, spacing), levels, perlevel=True)
+            times.setdefault((copies, "compute"), []).append(time.perf_counter() - start)
+            seg_path, lv_path = files[copies]
+            start = time.perf_counter()
+            table = morphometry_table(seg_path, vertfile=lv_path, perlevel=True)
+            write_sct_csv(table, tmp / "out.csv", filename=str(seg_path), version="bench")
+            times.setdefault((copies, "in-process"), []).append(time.perf_counter() - start)
+        loads.append(os.getloadavg()[0])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"{_load_note()} (during: {min(loads):.1f}-{max(loads):.1f}); medians of {repeat}")
+    print("| what | 991 slices | 3964 slices (4x) | ratio |")
+    print("|---|---|---|---|")
+    for what in ("compute", "in-process"):
+        a, b = med[(1, what)], med[(4, what)]
+        print(f"| {what} | {a:.3f} s | {b:.3f} s | {b / a:.2f}x |")
+
+
+def batch(data: Path, repeat: int, n_rows: int) -> None:
+    """Marginal cost of one more PAM50-size file in ``morphometry --batch`` (module doc)."""
+    import os
+    import resource
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    seg, lv = data / "PAM50" / "PAM50_cord.nii.gz", data / "PAM50" / "PAM50_levels.nii.gz"
+    tables = {}
+    for n in (1, n_rows):
+        table = tmp / f"rows{n}.tsv"
+        lines = ["seg\tvertfile\tname", *(f"{seg}\t{lv}\tcord{k}" for k in range(n))]
+        table.write_text("\n".join(lines) + "\n")
+        tables[n] = table
+    python = str(REPO / ".venv" / "bin" / "python")
+    entry = [python, "-c", "from drift.cli.main import app; app()", "morphometry"]
+
+    def once(n: int) -> tuple[float, float]:
+        out = tmp / f"out{n}"
+        argv = [*entry, "--batch", str(tables[n]), "-o", str(out), "--perlevel"]
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True)
+        wall = time.perf_counter() - start
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return wall, r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+
+    once(1)  # warm the page cache and the .pyc files
+    walls: dict[int, list[float]] = {1: [], n_rows: []}
+    cpus: dict[int, list[float]] = {1: [], n_rows: []}
+    loads = []
+    for _ in range(repeat):
+        for n in (1, n_rows):
+            wall, cpu = once(n)
+            walls[n].append(wall)
+            cpus[n].append(cpu)
+        loads.append(os.getloadavg()[0])
+    w = {n: statistics.median(v) for n, v in walls.items()}
+    c = {n: statistics.median(v) for n, v in cpus.items()}
+    print(f"{_load_note()} (during: {min(loads):.1f}-{max(loads):.1f}); medians of {repeat}")
+    print(f"| rows | wall | CPU |\n|---|---|---|\n| 1 | {w[1]:.2f} s | {c[1]:.2f} s |")
+    print(f"| {n_rows} | {w[n_rows]:.2f} s | {c[n_rows]:.2f} s |")
+    print(
+        f"| marginal per file | {(w[n_rows] - w[1]) / (n_rows - 1):.3f} s "
+        f"| {(c[n_rows] - c[1]) / (n_rows - 1):.3f} s |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--sct-cases", action="store_true")
     parser.add_argument("--before", default=None, metavar="REV")
+    parser.add_argument("--linear", action="store_true")
+    parser.add_argument("--batch", type=int, default=0, metavar="N")
     args = parser.parse_args()
+    if args.linear:
+        linear(args.data, args.repeat)
+        return
+    if args.batch:
+        batch(args.data, args.repeat, args.batch)
+        return
     if args.sct_cases:
         sct_cases(args.data, args.repeat, args.before)
         return

@@ -23,7 +23,7 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def world(tmp_path_factory: pytest.TempPathFactory, registry_home) -> Iterator[dict]:
     base = tmp_path_factory.mktemp("check")
     home = base / "home"
     with pytest.MonkeyPatch.context() as mp:
@@ -35,7 +35,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             name="phantom-small",
             recipe=PhantomRecipe(n_subjects=5, seed=3, contrasts=("T2w",)),
         )
-        reg = connect(None, home)
+        reg = connect(None, registry_home(home))  # conftest: an empty registry, made once
         v1 = reg.register("cs", MODELS / "demo-good")
         reg.promote(v1.ref, "champion", force=True, reason="test: first champion")
         reg.register("cs", MODELS / "demo-biased", alias="candidate")
@@ -65,7 +65,7 @@ def check(world: dict, candidate: str, *extra: str) -> tuple[int, str, str]:
 def biased(world: dict) -> dict:
     out = world["base"] / "biased"
     code, stdout, stderr = check(
-        world, "cs@candidate", "--report", str(out / "report"), "--json", str(out / "result.json")
+        world, "cs@candidate", "--report", str(out / "report"), "--result", str(out / "result.json")
     )
     return {
         "code": code,
@@ -145,7 +145,7 @@ def test_morphometrics_are_logged_per_version_and_reused(world: dict, biased: di
 @pytest.mark.slow
 def test_same_weights_pass_and_can_be_promoted(world: dict, biased: dict) -> None:
     out = world["base"] / "same"
-    code, _stdout, stderr = check(world, "cs/3", "--json", str(out / "r.json"))
+    code, _stdout, stderr = check(world, "cs/3", "--result", str(out / "r.json"))
     assert code == 0, stderr
     result = json.loads((out / "r.json").read_text())
     assert result["verdict"] == "pass"
@@ -191,7 +191,7 @@ def test_bad_input_exits_2_and_writes_no_verdict(world: dict, case: str, tmp_pat
         victim = next(root.rglob("*_T2w.nii.gz"))
         victim.write_bytes(victim.read_bytes()[:-10] + b"0123456789")
         extra = ["--root", str(root)]
-    code, _, stderr = check(world, candidate, *extra, "--json", str(tmp_path / "r.json"))
+    code, _, stderr = check(world, candidate, *extra, "--result", str(tmp_path / "r.json"))
     assert code == 2, stderr
     lines = stderr.strip().splitlines()
     assert lines[-1].startswith("cordwatch: error: ")

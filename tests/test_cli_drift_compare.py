@@ -71,7 +71,7 @@ def test_pass_with_json_and_report(tmp_path: Path) -> None:
     base = write_cohort(tmp_path / "v1")
     cand = write_cohort(tmp_path / "v2", noise=0.001, seed=1)
     out = tmp_path / "out.json"
-    code, stdout, stderr = run(base, cand, "--json", out, "--report", tmp_path / "rep")
+    code, stdout, stderr = run(base, cand, "--result", out, "--report", tmp_path / "rep")
     assert code == 0, stderr
     assert "verdict: PASS (8 paired subjects" in stdout
     lines = [ln for ln in stdout.splitlines() if "│ area" in ln]
@@ -93,7 +93,7 @@ def test_fail_exits_1_and_still_writes_the_verdict(tmp_path: Path) -> None:
     base = write_cohort(tmp_path / "v1")
     cand = write_cohort(tmp_path / "v2", scale={5: 0.97}, noise=0.001, seed=1)
     out = tmp_path / "out.json"
-    code, stdout, stderr = run(base, cand, "--json", out)
+    code, stdout, stderr = run(base, cand, "--result", out)
     assert code == 1
     assert re.search(
         r"^FAIL area C5: scaling 0\.9[67]\d\d outside ±1\.0 % \(TOST p=1 >= 0\.05\)$", stdout, re.M
@@ -124,7 +124,7 @@ def _assert_error(code: int, stderr: str, *needles: str) -> None:
 def test_bad_input_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     good = write_cohort(tmp_path / "good")
     out, rep = tmp_path / "o.json", tmp_path / "rep"
-    outputs = ("--json", out, "--report", rep)
+    outputs = ("--result", out, "--report", rep)
 
     code, _, err = run(tmp_path / "missing", good, *outputs)
     _assert_error(code, err, str(tmp_path / "missing"), "baseline directory not found")
@@ -212,7 +212,7 @@ def normative(shared_data: Path) -> Path:
 @pytest.mark.slow
 def test_normative_database_against_itself(normative: Path, tmp_path: Path) -> None:
     out = tmp_path / "same.json"
-    code, stdout, stderr = run(normative, normative, "--json", out)
+    code, stdout, stderr = run(normative, normative, "--result", out)
     assert code == 0, stderr
     assert "verdict: PASS (203 paired subjects" in stdout
     doc = json.loads(out.read_text())
@@ -244,7 +244,7 @@ def test_normative_database_against_a_2_percent_shrink(normative: Path, tmp_path
             df[col] *= math.sqrt(0.98)
         df.to_csv(shrunk / f.name, index=False)
     out = tmp_path / "shrunk.json"
-    code, _, stderr = run(normative, shrunk, "--json", out, "--report", tmp_path / "rep")
+    code, _, stderr = run(normative, shrunk, "--result", out, "--report", tmp_path / "rep")
     assert code == 1
     assert stderr.strip().startswith("cordwatch: error: drift gate failed: 7 failing")
     doc = json.loads(out.read_text())

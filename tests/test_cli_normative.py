@@ -83,13 +83,13 @@ def uniform_result(
 
 @pytest.fixture(scope="module")
 def db(env: Env) -> str:
-    """The synthetic database imported through the CLI as cli-hc@1 (model cordseg/1)."""
+    """The synthetic database imported through the CLI as cli-hc/1 (model cordseg/1)."""
     code, out, err = cw("import", env.src, "--name", "cli-hc", "--model", "cordseg/1")
     assert code == 0, err
     assert out.splitlines()[-1] == "1"
     assert "imported 8 subjects (T2w)" in out and "model cordseg/1" in out
     assert err == ""
-    return "cli-hc@1"
+    return "cli-hc/1"
 
 
 def test_import_without_model_warns(env: Env) -> None:
@@ -120,7 +120,7 @@ def test_list_and_show(env: Env, db: str) -> None:
     assert rows[db]["n_subjects"] == 8
     code, out, _ = cw("list")
     assert code == 0 and db in out and "cordseg/1" in out
-    code, out, _ = cw("show", "cli-hc@1", "--json")
+    code, out, _ = cw("show", "cli-hc/1", "--json")
     assert code == 0
     doc = json.loads(out)
     assert doc["ref"] == db and doc["n_participants"] == 8
@@ -146,7 +146,7 @@ def test_summary_filters(env: Env, db: str) -> None:
     assert code == 2 and "LO is greater than HI" in err
     code, _, err = cw("summary", db, "--sex", "X")
     assert code == 2 and "--sex must be M or F" in err
-    code, _, err = cw("summary", "nope@1")
+    code, _, err = cw("summary", "nope/1")
     assert code == 2 and "no normative database 'nope'" in err
 
 
@@ -171,13 +171,13 @@ def test_update_rescale_prints_the_version_last(env: Env, db: str, tmp_path: Pat
     assert code == 0, err
     lines = out.splitlines()
     assert lines[-1] == "2"
-    assert "rescale from upd@1 -> upd@2 for model cordseg/2" in out
-    code, out, _ = cw("show", "upd@2", "--json")
+    assert "rescale from upd/1 -> upd/2 for model cordseg/2" in out
+    code, out, _ = cw("show", "upd/2", "--json")
     doc = json.loads(out)
     assert doc["kind"] == "rescale" and doc["parent"] == 1
     assert doc["records"]["rescale"]["candidate_model"] == "cordseg/2"
     assert {r["scaling_factor"] for r in doc["factors"]} == {0.98}
-    code, out, _ = cw("show", "upd@2")
+    code, out, _ = cw("show", "upd/2")
     assert "RESCALE, not a recompute" in out and "Scaling factors used" in out
 
 
@@ -210,14 +210,14 @@ def test_update_assume_baseline_is_loud_and_recorded(env: Env, tmp_path: Path) -
     result = uniform_result(tmp_path / "r.json", 0.99, None, "cordseg/2", env.reg)
     code, _, err = cw("update", "nomodel", "--model", "cordseg/2", "--scaling", result)
     assert code == 2
-    assert "nomodel@1 records no model" in err and "--assume-baseline" in err
+    assert "nomodel/1 records no model" in err and "--assume-baseline" in err
     code, out, err = cw(
         "update", "nomodel", "--model", "cordseg/2", "--scaling", result, "--assume-baseline"
     )
     assert code == 0
     assert out.splitlines()[-1] == "2"
     assert "WARNING: --assume-baseline overrode" in err
-    code, out, _ = cw("show", "nomodel@2", "--json")
+    code, out, _ = cw("show", "nomodel/2", "--json")
     assert json.loads(out)["tags"]["cordwatch.normative.assume_baseline"] == "true"
 
 
@@ -250,25 +250,25 @@ def test_zscore_model_checks(env: Env, db: str, tmp_path: Path) -> None:
 def test_tampered_artifact_exit_2(env: Env, db: str, tmp_path: Path) -> None:
     code, _, _ = cw("import", env.src, "--name", "tamper", "--model", "cordseg/1")
     assert code == 0
-    v = resolve("tamper@1", registry=env.reg)
+    v = resolve("tamper/1", registry=env.reg)
     rel = "participants.tsv"
     stored = Path(v.artifact_uri.removeprefix("file://")) / rel
     original = stored.read_bytes()
     stored.write_bytes(original + b"sub-evil\tF\t30\tGE\n")
     try:
         for args in (
-            ("export", "tamper@1", tmp_path / "out"),
+            ("export", "tamper/1", tmp_path / "out"),
             ("show", "tamper"),
-            ("summary", "tamper@1"),
+            ("summary", "tamper/1"),
         ):
             code, _, err = cw(*args)
             assert code == 2, args
             assert err.startswith(f"cordwatch: error: {v.stored(rel)}: size ")
-            assert "(normative tamper@1)" in err
+            assert "(normative tamper/1)" in err
         assert not (tmp_path / "out").exists()
     finally:
         stored.write_bytes(original)
-    code, _, _ = cw("export", "tamper@1", tmp_path / "out")
+    code, _, _ = cw("export", "tamper/1", tmp_path / "out")
     assert code == 0
     frame = pd.read_csv(tmp_path / "out" / "participants.tsv", sep="\t")
     assert len(frame) == 8

@@ -83,6 +83,29 @@ def test_parse_scheduler() -> None:
             parse_scheduler(bad)
 
 
+def test_task_keys_are_the_same_in_every_interpreter() -> None:
+    """A task's key is a sha256 of what it computes (no id(), no hash randomisation): a fresh
+    interpreter gets the same key; another cache or another image gets another one."""
+    from drift.cohort.engine import ModelSpec, _task_key
+    from drift.cohort.inference import InferenceSettings
+
+    code = (
+        "from drift.cohort.engine import ModelSpec, _task_key\n"
+        "from drift.cohort.inference import InferenceSettings\n"
+        "s = InferenceSettings.current()\n"
+        "spec = repr(ModelSpec('/p', 'a' * 64, None))\n"
+        "print(_task_key('segment', 'a' * 64, 'b' * 64, 'k', s, None, ('/c', spec)))"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    s = InferenceSettings.current()
+    spec = repr(ModelSpec("/p", "a" * 64, None))
+    key = _task_key("segment", "a" * 64, "b" * 64, "k", s, None, ("/c", spec))
+    assert out.stdout.strip() == key and key.startswith("cordwatch-segment-"), out.stderr
+    assert _task_key("segment", "a" * 64, "b" * 64, "k", s, None, ("/d", spec)) != key
+    assert _task_key("segment", "a" * 64, "c" * 64, "k", s, None, ("/c", spec)) != key
+
+
 @pytest.mark.slow
 def test_cluster_results_equal_in_process_and_survive_a_killed_worker(
     cluster: LocalCluster, images: list, tmp_path: Path
@@ -199,7 +222,7 @@ def test_unreachable_scheduler_is_one_line_and_exit_2(tmp_path: Path) -> None:
             "phantom",
             "--scheduler",
             f"tcp://127.0.0.1:{port}",
-            "--json",
+            "--result",
             str(tmp_path / "r.json"),
         ],
         env={"CORDWATCH_HOME": str(tmp_path / "home"), "CORDWATCH_SCHEDULER_TIMEOUT": "2"},
@@ -216,11 +239,11 @@ def test_unreachable_scheduler_is_one_line_and_exit_2(tmp_path: Path) -> None:
 # ------------------------------------------------- drift check: cluster == in-process -----
 
 
-def _world(base: Path, manifest: Path) -> Path:
+def _world(base: Path, registry_home) -> Path:
     from registry.api import connect
 
     home = base / "home"
-    reg = connect(None, home)
+    reg = connect(None, registry_home(home))  # conftest: a copy of an empty registry
     v1 = reg.register("cs", MODELS / "demo-good")
     reg.promote(v1.ref, "champion", force=True, reason="test: first champion")
     reg.register("cs", MODELS / "demo-biased", alias="candidate")
@@ -229,25 +252,19 @@ def _world(base: Path, manifest: Path) -> Path:
 
 @pytest.mark.slow
 def test_drift_check_on_local_2_equals_in_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry_home, phantom_small_3: Path
 ) -> None:
-    from drift.cohort.manifest import PhantomRecipe, write_phantom_manifest
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("CORDWATCH_COHORT_ROOT", raising=False)
     # One torch thread in both runs (a worker has one): the same arithmetic, the same bytes.
     monkeypatch.setenv("CORDWATCH_TORCH_THREADS", "1")
-    manifest = write_phantom_manifest(
-        tmp_path / "cohorts",
-        name="phantom-engine",
-        recipe=PhantomRecipe(n_subjects=3, seed=3, contrasts=("T2w",)),
-    )
+    manifest = phantom_small_3  # conftest: 3 subjects, seed 3, T2w
     policy = tmp_path / "policy.yaml"  # three subjects keep the test short
     text = (Path(__file__).resolve().parents[1] / "reference_data" / "policy.yaml").read_text()
     policy.write_text(text.replace("\nmin_subjects: 5\n", "\nmin_subjects: 3\n"))
     docs = {}
     for mode in ("in-process", "local:2"):
-        home = _world(tmp_path / mode, manifest)  # separate registries: nothing reused
+        home = _world(tmp_path / mode, registry_home)  # separate registries: nothing reused
         out = tmp_path / mode / "result.json"
         extra = [] if mode == "in-process" else ["--scheduler", mode]
         monkeypatch.setenv("CORDWATCH_HOME", str(home))
@@ -266,7 +283,7 @@ def test_drift_check_on_local_2_equals_in_process(
                 "cpu",
                 "--policy",
                 str(policy),
-                "--json",
+                "--result",
                 str(out),
                 *extra,
             ],
@@ -274,12 +291,91 @@ def test_drift_check_on_local_2_equals_in_process(
         assert result.exit_code in (0, 1), result.output
         if mode != "in-process":
             assert "started a LocalCluster of 2 workers" in result.stdout
+            assert "dashboard: http://127.0.0.1:" in result.stdout
         doc = json.loads(out.read_text())
         doc["provenance"].pop("created_utc")
         for role in ("baseline", "candidate"):  # registration times of two separate registries
             doc["provenance"][role].pop("created")
         docs[mode] = doc
     assert docs["local:2"] == docs["in-process"]
+
+
+# ------------------------------------------- an SCT release package through the engine -----
+
+PADS = {"pad_superior": 10.0, "pad_inferior": 10.0, "pad_left": 8.0, "pad_right": 8.0}
+PADS |= {"pad_anterior": 8.0, "pad_posterior": 10.0}
+
+
+def _sct_package(dest: Path) -> Path:
+    """The demo model in SCT's v4 release layout (crop_metadata.json, image_orientation)."""
+    import shutil
+
+    inner = dest / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    shutil.copytree(MODELS / "demo-good", inner)
+    dataset = json.loads((inner / "dataset.json").read_text())
+    (inner / "dataset.json").write_text(json.dumps({**dataset, "image_orientation": "LPI"}))
+    (dest / "crop_metadata.json").write_text(json.dumps({"sc_crop_version": "0.12.1", **PADS}))
+    return dest
+
+
+def test_sct_pipeline_and_crop_sources_run_on_the_cluster_as_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An SCT-format package (reorientation, crop box from the ground-truth mask, SCT's
+    post-processing) through Engine.segment_cohort on a LocalCluster gives the in-process
+    cache keys, pipeline settings and bytes. Threads, not processes, so that a stand-in
+    network (a threshold, no torch) can be monkeypatched in for nnU-Net."""
+    import numpy as np
+
+    from drift.cohort.inference import segment_cohort
+    from drift.measure.phantoms import write_cohort
+    from registry import nnunet
+
+    class Fake:
+        device = "cpu"
+
+    def network(_predictor: object, data: np.ndarray, _spacing: object) -> tuple:
+        soft = np.clip((np.asarray(data) - 350.0) / 200.0, 0, 1).astype(np.float32)
+        return soft, (soft >= 0.5).astype(np.uint8)
+
+    from drift.cohort import inference
+
+    monkeypatch.setattr(inference, "daemon_producer_threads", lambda: None)  # no nnunetv2 import
+    monkeypatch.setattr(nnunet, "load_predictor", lambda *_a, **_k: Fake())
+    monkeypatch.setattr(nnunet, "predict_array", network)
+    root = tmp_path / "cohort"
+    table = write_cohort(root, n_subjects=3, contrasts=("T2w",), seed=8)
+    imgs = [(f"{r.participant_id}/T2w", root / r.image, r.image_sha256) for r in table.itertuples()]
+    crops = {f"{r.participant_id}/T2w": root / r.gt_seg for r in table.itertuples()}
+    pkg = _sct_package(tmp_path / "sct")
+    kw = {"progress": False, "device": "cpu", "crop_sources": crops}
+    here = segment_cohort(pkg, "b" * 64, imgs, tmp_path / "here", **kw)
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as c,
+        Client(c, set_as_default=False) as client,
+    ):
+        there = Engine(client).segment_cohort(pkg, "b" * 64, imgs, tmp_path / "there", **kw)
+    assert [r.status for r in there] == ["ok"] * 3
+    assert _fingerprint(there) == _fingerprint(here)
+    meta = json.loads(entry_paths(tmp_path / "there", there[0].cache_key)[1].read_text())
+    assert meta["settings"]["pipeline"]["kind"] == "sct-nnunet"
+    assert meta["settings"]["pipeline"]["orientation"] == "LPI"
+    assert meta["crop_source"] == "gt_seg" and "crop_box" in meta["pipeline_steps"]
+
+
+def test_cli_import_stays_light() -> None:
+    """--scheduler's help comes from drift.cohort.engine: importing the command line must not
+    import dask, numpy or the inference module (a fresh interpreter)."""
+    code = (
+        "import sys, drift.cli.main\n"
+        "print(sorted(m for m in ('dask', 'distributed', 'numpy', 'drift.cohort.inference')"
+        " if m in sys.modules))"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 # ------------------------------------------------------------- morphometry --batch -----
@@ -340,7 +436,15 @@ def test_batch_morphometry_reports_a_bad_row_and_keeps_the_others(
         rows = list(csv.reader(p.read_text().splitlines()))
         return [r[1:] for r in rows]  # drop the Timestamp column
 
-    assert body(out / f"{key.replace('/', '_')}.csv") == body(one)
+    got, want = body(out / f"{key.replace('/', '_')}.csv"), body(one)
+    header = want[0]
+    diff = [
+        (i, header[j], g[j], w[j])
+        for i, (g, w) in enumerate(zip(got, want, strict=True))
+        for j in range(len(w))
+        if g[j] != w[j]
+    ]
+    assert not diff, diff[:5]
 
 
 def test_batch_table_errors_name_the_file_and_line(tmp_path: Path) -> None:
@@ -363,3 +467,105 @@ def test_batch_table_errors_name_the_file_and_line(tmp_path: Path) -> None:
     (row,) = read_table(path)
     assert row.name == "a_seg" and row.seg == tmp_path / "sub" / "a_seg.nii.gz"
     assert row.vertfile == tmp_path / "sub" / "a_levels.nii.gz" and row.line == 2
+
+
+# ------------------------------------------------------------------------- Ctrl-C -----
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is not running
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_cluster_it_started_and_leaves_only_complete_outputs(
+    images: list, tmp_path: Path
+) -> None:
+    """A real ``cordwatch morphometry --batch --scheduler local:2`` subprocess gets SIGINT
+    while its workers are measuring: exit 130 within seconds, the scheduler and every worker
+    and nanny process gone, and only complete CSVs (no temporary files) in OUTDIR."""
+    import re
+
+    base = _batch_table(images, tmp_path / "one.tsv").read_text().splitlines()[1:4]
+    rows = [line.rsplit("\t", 1)[0] + f"\tr{i:04d}" for i in range(400) for line in base[:1]]
+    table = tmp_path / "many.tsv"
+    table.write_text("seg\tdiscfile\tname\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    argv = [sys.executable, "-m", "drift.cli.main", "morphometry", "--batch", str(table)]
+    argv += ["-o", str(out), "--perlevel", "--scheduler", "local:2"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline().decode()  # "started a LocalCluster of 2 workers at ..."
+        found = re.search(r"started a LocalCluster of 2 workers at (tcp://\S+);", line)
+        assert found, line + proc.stderr.read().decode()
+        address = found.group(1)
+        with Client(address, set_as_default=False, timeout=30) as client:
+            pids = [*client.run(os.getpid).values(), *client.run(os.getpid, nanny=True).values()]
+        assert len(pids) == 4
+        deadline = time.monotonic() + 300
+        while len(list(out.glob("*.csv"))) < 4:  # workers are measuring
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no CSV written in 5 minutes"
+            time.sleep(0.1)
+        assert proc.poll() is None, "the batch finished before the signal"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        elapsed = time.monotonic() - sent
+        stderr = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert elapsed < 15, f"{elapsed:.1f} s after SIGINT"
+    assert "Traceback" not in stderr, stderr
+    t0 = time.monotonic()
+    while any(_alive(p) for p in pids) and time.monotonic() - t0 < 10:
+        time.sleep(0.1)
+    assert not [p for p in pids if _alive(p)], "cluster processes survived Ctrl-C"
+    with pytest.raises(OSError), Client(address, set_as_default=False, timeout=2):
+        pass  # the scheduler is gone too
+    written = sorted(out.iterdir())
+    assert all(p.suffix == ".csv" and not p.name.startswith(".") for p in written), written
+    assert 4 <= len(written) < 400
+    header = written[0].read_text().splitlines()[0]
+    for p in written:  # each complete: the same header and rows as the first
+        lines = p.read_text().splitlines()
+        assert lines[0] == header and len(lines) == len(written[0].read_text().splitlines()), p
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["drift", "check", "--help"],
+        ["normative", "update", "--help"],
+        ["morphometry", "--help"],
+        ["serve", "--help"],
+    ],
+)
+def test_scheduler_option_on_every_command_that_runs_a_cohort(argv: list[str]) -> None:
+    result = runner.invoke(app, argv, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "--scheduler" in result.stdout and "local[:N]|tcp://HOST:PORT" in result.stdout
+
+
+def test_bad_scheduler_on_serve_and_normative_is_one_line_exit_2(tmp_path: Path) -> None:
+    env = {"CORDWATCH_HOME": str(tmp_path / "home")}
+    serve = runner.invoke(app, ["serve", "--scheduler", "local:0"], env=env)
+    assert serve.exit_code == 2, serve.output
+    assert serve.stderr.strip().splitlines()[-1].startswith("cordwatch: error:")
+    assert "--scheduler local:N needs N >= 1" in serve.stderr
+    argv = ["normative", "update", "db", "--model", "cs/1", "--scaling", str(tmp_path / "r.json")]
+    update = runner.invoke(app, [*argv, "--scheduler", "local:2"], env=env)
+    assert update.exit_code == 2, update.output
+    assert "--scheduler is for --recompute" in update.stderr.strip().splitlines()[-1]

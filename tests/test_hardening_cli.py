@@ -93,16 +93,16 @@ def test_2_drift_compare_output_onto_an_input_csv_is_refused(
     base, cand = dirs
     victim = base / "sub-01_T2w_PAM50.csv"
     before = victim.read_bytes()
-    code, _, stderr = invoke("drift", "compare", base, cand, "--json", victim)
+    code, _, stderr = invoke("drift", "compare", base, cand, "--result", victim)
     assert code == 2 and "would write inside the input folder" in one_error_line(stderr)
     policy = tmp_path / "policy.yaml"
     policy.write_text("{}\n")
-    code, _, stderr = invoke("drift", "compare", base, cand, "--policy", policy, "--json", policy)
+    code, _, stderr = invoke("drift", "compare", base, cand, "--policy", policy, "--result", policy)
     assert code == 2 and "would overwrite the input" in one_error_line(stderr)
     assert policy.read_text() == "{}\n"
     code, _, stderr = invoke("drift", "compare", base, cand, "--report", base)
     assert code == 2 and "input" in one_error_line(stderr)
-    code, _, stderr = invoke("drift", "compare", base, cand, "--json", tmp_path / "a.json",
+    code, _, stderr = invoke("drift", "compare", base, cand, "--result", tmp_path / "a.json",
                              "--report", tmp_path / "a.json")  # fmt: skip
     assert code == 2
     assert victim.read_bytes() == before
@@ -114,7 +114,7 @@ def test_2_drift_check_and_pull_refuse_before_any_work(
     policy = tmp_path / "policy.yaml"
     policy.write_text("metrics: {}\n")
     check = ["drift", "check", "m@candidate", "--baseline", "m@champion", "--cohort", "phantom"]
-    code, _, stderr = invoke(*check, "--policy", policy, "--json", policy)
+    code, _, stderr = invoke(*check, "--policy", policy, "--result", policy)
     assert code == 2 and "would overwrite the input" in one_error_line(stderr)
     assert policy.read_text() == "metrics: {}\n"
     assert not cordwatch_home.exists()  # refused before the registry was touched
@@ -133,7 +133,7 @@ def test_4_report_onto_a_file_writes_no_json_and_exits_2(
     existing.write_text("keep")
     result_json = tmp_path / "r.json"
     code, _, stderr = invoke("drift", "compare", base, cand, "--report", existing,
-                             "--json", result_json)  # fmt: skip
+                             "--result", result_json)  # fmt: skip
     assert code == 2, stderr
     one_error_line(stderr)
     assert not result_json.exists() and existing.read_text() == "keep"
@@ -190,9 +190,9 @@ BOUNDARY: dict[str, tuple[list[str], str]] = {
     "models promote": (["m/1"], "registry.api.connect"),
     "models history": (["m"], "registry.api.connect"),
     "models diff": (["m/1", "m/2"], "registry.api.connect"),
-    "drift compare": (["BASE", "CAND", "--json", "OUT"], "drift.gate.policy.drift_result"),
+    "drift compare": (["BASE", "CAND", "--result", "OUT"], "drift.gate.policy.drift_result"),
     "drift check": (
-        ["m@c", "--baseline", "m@p", "--cohort", "phantom", "--json", "OUT"],
+        ["m@c", "--baseline", "m@p", "--cohort", "phantom", "--result", "OUT"],
         "drift.gate.check.run_check",
     ),
     "cohort list": ([], "drift.cohort.manifest.load_cohort"),
@@ -352,7 +352,7 @@ def test_6_candidate_csv_truncated_mid_line_is_an_error(
     base, cand = dirs
     victim = cand / "sub-02_T2w_PAM50.csv"
     victim.write_bytes(victim.read_bytes()[:-7])  # cut inside the last row
-    code, _, stderr = invoke("drift", "compare", base, cand, "--json", tmp_path / "r.json")
+    code, _, stderr = invoke("drift", "compare", base, cand, "--result", tmp_path / "r.json")
     line = one_error_line(stderr)
     assert code == 2 and "truncated" in line and str(victim) in line
     assert not (tmp_path / "r.json").exists()

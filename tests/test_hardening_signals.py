@@ -65,7 +65,7 @@ def test_3_signal_during_inference_stops_within_10_s(
     env.pop("CORDWATCH_COHORT_ROOT", None)
     argv = [sys.executable, "-m", "drift.cli.main", "drift", "check", "sig@candidate"]
     argv += ["--baseline", "sig@champion", "--cohort", str(world["manifest"]), "--no-progress"]
-    argv += ["--device", "cpu", "--json", str(out), "--report", str(tmp_path / "report")]
+    argv += ["--device", "cpu", "--result", str(out), "--report", str(tmp_path / "report")]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 600

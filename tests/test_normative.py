@@ -179,7 +179,7 @@ def test_import_real_export_is_byte_identical(
     assert nan_total > 0
     assert "**import**" in (out / "PROVENANCE.md").read_text()
     meta = json.loads((out / "cordwatch" / "version.json").read_text())
-    assert meta["version"]["ref"] == "hc@1"
+    assert meta["version"]["ref"] == "hc/1"
     assert meta["version"]["model"] == "cordseg/1"
 
 
@@ -279,7 +279,7 @@ def test_rescale_real_uniform_shrink_detected_and_corrected(
         )
     new = update("hc", "cordseg/2", tmp_path / "result.json", registry=env.reg).version
     assert (new.kind, new.model, new.parent) == ("rescale", "cordseg/2", real.version)
-    assert new.source == "rescale of hc@1"
+    assert new.source == "rescale of hc/1"
     assert new.tags["cordwatch.normative.baseline_model"] == "cordseg/1"
     # corrected: the rescaled database's level means match the shrunk data within 0.1 %
     with NormativeStore(env.reg).opened(new) as (_, folder):
@@ -689,7 +689,7 @@ def test_rescale_model_checks(env: Env, syn: NormativeVersion, tmp_path: Path) -
     store = NormativeStore(env.reg)
     n_before = len(store.versions("syn"))
     wrong_base = write_doc(tmp_path / "a.json", fake_result(uniform, baseline="cordseg/3"))
-    with pytest.raises(InputError, match=r"baseline is cordseg/3 but syn@\d+ was made with"):
+    with pytest.raises(InputError, match=r"baseline is cordseg/3 but syn/\d+ was made with"):
         update("syn", "cordseg/2", wrong_base, registry=env.reg)
     wrong_cand = write_doc(tmp_path / "b.json", fake_result(uniform, candidate="cordseg/3"))
     with pytest.raises(InputError, match="candidate is cordseg/3, not --model cordseg/2"):
@@ -711,7 +711,7 @@ def test_rescale_model_checks(env: Env, syn: NormativeVersion, tmp_path: Path) -
     assert record["assume_baseline"] is True
     assert "baseline is cordseg/3" in record["overrides"][0]
     # level factors: every value x 0.98 (no profile in the document)
-    s_old = summary(f"syn@{syn.version}", metrics=["area"], registry=env.reg)
+    s_old = summary(f"syn/{syn.version}", metrics=["area"], registry=env.reg)
     s_new = summary(res.version.ref, metrics=["area"], registry=env.reg)
     np.testing.assert_allclose(s_new["mean"], s_old["mean"] * 0.98, rtol=1e-12)
 
@@ -841,21 +841,21 @@ def test_policy_validation(tmp_path: Path, text: str, message: str) -> None:
 def test_zscore_model_consistency(env: Env, syn: NormativeVersion, tmp_path: Path) -> None:
     src = env.work / "src-syn"
     subject = next((src / "spinal_cord").glob("*.csv"))
-    with pytest.raises(InputError, match="measured with cordseg/3 but syn@1 was made with"):
-        zscore(subject, "syn@1", model_ref="cordseg/3", registry=env.reg)
+    with pytest.raises(InputError, match="measured with cordseg/3 but syn/1 was made with"):
+        zscore(subject, "syn/1", model_ref="cordseg/3", registry=env.reg)
     allowed = zscore(
-        subject, "syn@1", model_ref="cordseg/3", allow_model_mismatch=True, registry=env.reg
+        subject, "syn/1", model_ref="cordseg/3", allow_model_mismatch=True, registry=env.reg
     )
     assert allowed.model_check == "mismatch-allowed"
     assert "two measuring instruments" in allowed.warnings[0]
-    unknown = zscore(subject, "syn@1", registry=env.reg)
+    unknown = zscore(subject, "syn/1", registry=env.reg)
     assert unknown.model_check == "unchecked"
     assert "cannot check" in unknown.warnings[0]
-    ok = zscore(subject, "syn@1", sex="F", model_ref="cordseg/1", registry=env.reg)
+    ok = zscore(subject, "syn/1", sex="F", model_ref="cordseg/1", registry=env.reg)
     assert ok.model_check == "match" and ok.warnings == []
     assert ok.n_reference == 4
     with pytest.raises(InputError, match="no subject of the database matches sex M, age >= 90"):
-        zscore(subject, "syn@1", sex="m", age=(90, None), model_ref="cordseg/1", registry=env.reg)
+        zscore(subject, "syn/1", sex="m", age=(90, None), model_ref="cordseg/1", registry=env.reg)
     assert set(ok.table["level_name"]) == set(ALL_SYN_LEVELS)
     doc = ok.to_dict()
     assert doc["database_model"] == "cordseg/1" and doc["filters"]["sex"] == "F"
@@ -865,7 +865,7 @@ def test_zscore_model_consistency(env: Env, syn: NormativeVersion, tmp_path: Pat
     df["Slice (I->S)"] += 200
     df.to_csv(native, index=False)
     with pytest.raises(InputError, match="not PAM50-normalised"):
-        zscore(native, "syn@1", model_ref="cordseg/1", registry=env.reg)
+        zscore(native, "syn/1", model_ref="cordseg/1", registry=env.reg)
 
 
 # ------------------------------------------------------------------- recompute (phantoms) ---

@@ -420,12 +420,12 @@ def test_a_normative_database_follows_the_champion(world: dict[str, Any], tmp_pa
         time.sleep(2)
         assert followed() == []  # a candidate's pass moves nothing: only a promotion does
         reg.promote("nm/2", "champion", reason="test: through the gate")
-        [new] = wait_for("hc-nm@2", followed, 300, svc)
+        [new] = wait_for("hc-nm/2", followed, 300, svc)
         assert (new.kind, new.model, new.parent) == ("rescale", "nm/2", 1)
         time.sleep(3)  # more polls: exactly one new version
         assert len(followed()) == 1
         updated = [e for e in svc.events() if e["event"] == "normative-updated"]
-        assert [e["version"] for e in updated] == ["hc-nm@2"]
+        assert [e["version"] for e in updated] == ["hc-nm/2"]
         status, html = svc.get("/normative/hc-nm")
         assert status == 200 and "nm/2" in html and "rescale" in html
         assert any(r["state"] == "done" for r in svc.json("/api/checks")["normative"])

@@ -749,7 +749,7 @@ if prog == "cordwatch":
             f"## cordwatch drift: {verdict}\n\nBODY-{verdict}\n{padding}", encoding="utf-8"
         )
         (report / "report.html").write_text("<html></html>")
-        pathlib.Path(opt("--json")).write_text(json.dumps({"verdict": verdict}))
+        pathlib.Path(opt("--result")).write_text(json.dumps({"verdict": verdict}))
         if cfg.get("real_models") and cfg.get("record_verdict", True):
             from registry.api import connect  # as the real check does: the verdict tag
 
@@ -1199,7 +1199,7 @@ def test_cordwatch_invocations_of_the_workflows() -> None:
             "--policy",
             "--device",
             "--report",
-            "--json",
+            "--result",
         },
         ("models", "list"): {"--json"},
         ("models", "show"): {"--json"},
@@ -1272,7 +1272,7 @@ def test_gate_pass_registers_the_candidate_and_checks_it_against_champion(box: S
         "cuda",
         "--report",
         f"{out}/report",
-        "--json",
+        "--result",
         f"{out}/drift-result.json",
     ]
     assert run.outputs == {"model": "sc-demo", "version": "7", "verdict": "pass", "exit-code": "0"}
@@ -1520,7 +1520,7 @@ def test_release_promotes_the_gated_version_after_the_normative_update(box: Sand
             "cuda",
             "--report",
             f"{out}/report",
-            "--json",
+            "--result",
             f"{out}/drift-result.json",
         ],
         [
@@ -1532,7 +1532,7 @@ def test_release_promotes_the_gated_version_after_the_normative_update(box: Sand
             "--scaling",
             f"{out}/drift-result.json",
         ],
-        ["normative", "export", "pam50-normative@12", f"{out}/normative"],
+        ["normative", "export", "pam50-normative/12", f"{out}/normative"],
         ["models", "promote", "sc-demo/7", "--alias", "champion"],
     ]
     record = json.loads((out / "promotion.json").read_text())

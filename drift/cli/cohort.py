@@ -18,7 +18,7 @@ from typing import Any
 
 import typer
 
-from drift.cli.common import command, print_json
+from drift.cli.common import JSON_OPTION, command, print_json
 
 cohort_app = typer.Typer(
     help="Frozen cohort manifests: list, show, verify every file's sha256.",
@@ -33,7 +33,7 @@ _MANIFEST = typer.Argument(
     help="A shipped cohort's name (e.g. phantom, spine-generic_r20250310) or the path of a "
     "manifest's .tsv table or .yaml header.",
 )
-_JSON = typer.Option(False, "--json", help="Print JSON (for scripts and CI) instead of text.")
+_JSON = JSON_OPTION
 _MAX_PROBLEM_LINES = 20
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 from typer.exceptions import TyperException
 
-from registry.errors import CordwatchError, redact
+from registry.errors import CordwatchError, RegistryError, redact
 
 if TYPE_CHECKING:
     from registry.api import Registry
@@ -143,6 +143,55 @@ REGISTRY_HELP = (
     "Registry URI: sqlite:///PATH.db, postgresql://..., or http(s)://MLFLOW-SERVER. "
     "Default: $MLFLOW_TRACKING_URI, else sqlite:///$CORDWATCH_HOME/registry.db."
 )
+#: ``--registry`` of every command that touches the registry (also accepted before the
+#: sub-command, ``cordwatch models --registry URI list``, as before).
+REGISTRY_OPTION: Any = typer.Option(None, "--registry", metavar="URI", help=REGISTRY_HELP)
+#: ``--json`` of every command that prints a result: the result as one JSON document on stdout.
+JSON_OPTION: Any = typer.Option(
+    False, "--json", help="Print the result as JSON on stdout (for scripts and CI) instead of text."
+)
+
+
+def _option_metavar(self: Any, ctx: Any) -> str | None:
+    """What ``--help`` shows after an option: its metavar, else click's convention (TEXT, N,
+    NUMBER, PATH, a|b); nothing for a flag."""
+    if self.metavar is not None:
+        return str(self.metavar)
+    if self.is_flag or self.count:
+        return None
+    desc = self.type_descriptor
+    if desc.is_choice:
+        return "|".join(str(getattr(c, "value", c)) for c in desc.choices or ())
+    if desc.is_path:
+        return "PATH"
+    kind = desc.ranged_type_name if desc.is_ranged else getattr(desc.annotation, "__name__", "")
+    return {"int": "N", "float": "NUMBER"}.get(str(kind), "TEXT")
+
+
+def _argument_name(self: Any) -> str:
+    return str(self.metavar) if self.metavar is not None else str(self.name).upper()
+
+
+def _argument_usage(self: Any) -> str:
+    name = _argument_name(self)
+    name = name if self.required or name.startswith("[") else f"[{name}]"
+    return name + ("..." if self.nargs != 1 else "")
+
+
+def readable_metavars() -> None:
+    """``--help`` without Python types: typer 0.29 shows ``<bool>``, ``<str>``,
+    ``<list[Path]>`` beside every option and ``{NAME}`` in the usage line; cordwatch shows
+    metavars (``--registry URI``, ``--device TEXT``, nothing for flags) and ``NAME``, as click
+    does. Installed once, for every command (also those added later)."""
+    from typer.core import TyperArgument, TyperOption
+
+    if getattr(TyperOption, "_cordwatch_metavars", False):
+        return
+    TyperOption.display_type_rich = _option_metavar  # type: ignore[method-assign]
+    TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[method-assign]
+    TyperArgument.display_name_raw = property(_argument_name)  # type: ignore[assignment,method-assign]
+    TyperArgument._usage_display_name = _argument_usage  # type: ignore[method-assign]
+    TyperOption._cordwatch_metavars = True  # type: ignore[attr-defined]
 
 
 def quiet_mlflow() -> None:
@@ -155,8 +204,37 @@ def quiet_mlflow() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
-def registry_from(ctx: typer.Context) -> Registry:
-    """The registry named by the group's ``--registry`` option (else the default one)."""
+def registry_from(
+    ctx: typer.Context, registry: str | None = None, *, must_exist: bool = False
+) -> Registry:
+    """The registry named by the command's ``--registry`` (else the group's, else the default).
+
+    ``must_exist`` (read-only commands): an embedded sqlite registry that does not exist yet is
+    an error naming the file (exit 2), never created: a read must not leave an empty
+    ``registry.db`` behind (:class:`NoRegistry`, which list commands turn into "nothing
+    registered").
+    """
     from registry.api import connect
 
-    return connect((ctx.obj or {}).get("registry"))
+    reg = connect(registry or (ctx.obj or {}).get("registry"))
+    if must_exist:
+        require_store(reg)
+    return reg
+
+
+def require_store(reg: Registry) -> None:
+    """:class:`NoRegistry` when ``reg`` is an embedded sqlite registry whose file does not
+    exist (nothing is created)."""
+    from registry.settings import sqlite_path
+
+    db = sqlite_path(reg.settings.uri)
+    if db is not None and not db.is_file():
+        raise NoRegistry(
+            "no registry here yet: nothing was registered (`cordwatch models register` "
+            "creates it; --registry or $CORDWATCH_HOME chooses another)",
+            db,
+        )
+
+
+class NoRegistry(RegistryError):
+    """A read-only command found no registry file (nothing registered yet, or a typo)."""

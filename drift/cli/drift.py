@@ -1,7 +1,13 @@
 """``cordwatch drift ...``: compare two model versions' morphometrics and gate the result.
 
-    cordwatch drift compare BASELINE_DIR CANDIDATE_DIR [--policy FILE] [--json OUT.json]
-                            [--report DIR]
+    cordwatch drift compare BASELINE_DIR CANDIDATE_DIR [--policy FILE] [--result OUT.json]
+                            [--report DIR] [--json]
+    cordwatch drift check NAME@ALIAS|NAME/VERSION --baseline REF --cohort MANIFEST
+                          [--result OUT.json] [--report DIR] [--json] [--registry URI]
+
+``--json`` prints the result document on stdout (the tables and messages then go to stderr);
+``--result FILE`` writes the same document to FILE. ``--json FILE`` (0.1) still writes
+FILE, with a deprecation warning, until 0.3.
 
 ``compare`` reads two directories of per-subject SCT morphometry CSVs (``sub-XXX_*.csv``, e.g.
 PAM50-normalised per-slice files), pairs them by subject and contrast, and runs the drift
@@ -11,7 +17,7 @@ cohort, inference) is added to :data:`drift_app` by its own module and reuses
 :func:`print_result`, :func:`emit_result` and :func:`raise_on_fail`.
 
 Exit codes: 0 pass or warn, 1 fail, 2 bad input (missing directory, no CSV, unreadable CSV,
-no paired subjects, invalid policy). Outputs (``--json``, ``--report``) are written only after
+no paired subjects, invalid policy). Outputs (``--result``, ``--report``) are written only after
 everything was computed, each file atomically: an error leaves none behind.
 """
 
@@ -21,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+import typer.core
 
 from drift.cli.common import REGISTRY_HELP, command, quiet_mlflow
 from drift.cohort.engine import SCHEDULER_HELP
@@ -35,11 +42,94 @@ if TYPE_CHECKING:
 
     from drift.gate.policy import DriftResult
 
+#: Until 0.3: ``--json FILE`` is the ``--result FILE`` of 0.1 (``--json`` is now a flag).
+DEPRECATED_JSON_FILE = (
+    "cordwatch: warning: --json FILE is deprecated (removed in 0.3): use --result FILE; "
+    "--json alone prints the result on stdout"
+)
+
+
+def rewrite_deprecated_json(
+    args: list[str], value_options: set[str], n_positional: int
+) -> tuple[list[str], bool]:
+    """Read 0.1's ``--json FILE`` as ``--result FILE``: ``--json=FILE``, or ``--json`` followed
+    by a word when the command line then holds one positional argument too many.
+
+    ``value_options``: the options that take a value; ``n_positional``: how many positional
+    arguments the command takes. True when something was rewritten.
+
+    >>> rewrite_deprecated_json(["A", "B", "--json", "r.txt"], {"--report"}, 2)
+    (['A', 'B', '--result', 'r.txt'], True)
+    >>> rewrite_deprecated_json(["--json", "r.json", "A", "B"], set(), 2)
+    (['--result', 'r.json', 'A', 'B'], True)
+    >>> rewrite_deprecated_json(["A", "--json", "B"], set(), 2)
+    (['A', '--json', 'B'], False)
+    """
+    positional: list[int] = []
+    after_json: int | None = None
+    out = list(args)
+    changed = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            positional += range(i + 1, len(args))
+            break
+        if arg.startswith("--json="):
+            out[i : i + 1] = ["--result", arg[len("--json=") :]]
+            return out, True
+        if arg.startswith("-") and arg != "-":
+            if arg in value_options:
+                i += 1  # its value
+            elif arg == "--json" and after_json is None and i + 1 < len(args):
+                after_json = i + 1
+        else:
+            positional.append(i)
+        i += 1
+    if after_json in positional and len(positional) > n_positional:
+        out[after_json - 1] = "--result"
+        changed = True
+    return out, changed
+
+
+class DriftGroup(typer.core.TyperGroup):
+    """``cordwatch drift``: reads the deprecated ``--json FILE`` as ``--result FILE``."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None and any(a == "--json" or a.startswith("--json=") for a in rest):
+            values = {
+                opt
+                for p in cmd.params
+                if p.param_type_name == "option"
+                and not (getattr(p, "is_flag", False) or getattr(p, "count", False))
+                for opt in (*p.opts, *p.secondary_opts)
+            }
+            n_args = sum(p.nargs for p in cmd.params if p.param_type_name == "argument")
+            rest, changed = rewrite_deprecated_json(list(rest), values, n_args)
+            if changed:
+                typer.echo(DEPRECATED_JSON_FILE, err=True)
+        return name, cmd, rest
+
+
 drift_app = typer.Typer(
+    cls=DriftGroup,
     help="Morphometric drift between two model versions: compare, gate, report.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+)
+
+_RESULT = typer.Option(
+    None,
+    "--result",
+    metavar="OUT.json",
+    help="Write the result document (for CI; what --json prints) to this file.",
+)
+_JSON = typer.Option(
+    False,
+    "--json",
+    help="Print the result document as JSON on stdout (tables and messages go to stderr).",
 )
 
 
@@ -153,6 +243,16 @@ def emit_result(
     return written
 
 
+def print_result_json(result: DriftResult) -> None:
+    """``--json``: the result document (the one ``--result`` writes) on stdout."""
+    import sys
+
+    from drift.gate.report import result_json
+
+    sys.stdout.write(result_json(result))  # (ends with a newline)
+    sys.stdout.flush()
+
+
 def raise_on_fail(result: DriftResult) -> None:
     """GateFailed (exit 1, one line on stderr) when the verdict is fail; else nothing."""
     if result.verdict == "fail":
@@ -183,9 +283,7 @@ def compare(
         help="Gate policy YAML (default: reference_data/policy.yaml: area ±1 % fail, "
         "±0.5 % warn; diameters ±2 % / ±1 %).",
     ),
-    json_out: Path | None = typer.Option(
-        None, "--json", metavar="OUT.json", help="Write the result as JSON (for CI) to this file."
-    ),
+    result_out: Path | None = _RESULT,
     report_dir: Path | None = typer.Option(
         None,
         "--report",
@@ -195,6 +293,7 @@ def compare(
     all_levels: bool = typer.Option(
         False, "--all-levels", help="Show every compared level in the table, not only gated ones."
     ),
+    json_out: bool = _JSON,
 ) -> None:
     """Compare two directories of SCT morphometry CSVs and gate the drift.
 
@@ -205,16 +304,17 @@ def compare(
     from drift.gate.policy import drift_result, load_policy
 
     refuse_outputs_onto_inputs(
-        {"--json": json_out, "--report": report_dir},
+        {"--result": result_out, "--report": report_dir},
         [baseline_dir, candidate_dir, policy],
         folders=["--report"],
     )
-    console = Console()
+    console = Console(stderr=json_out)
     pol = load_policy(policy)
     baseline, b_files = read_csv_dir(baseline_dir, "baseline", progress=True)
     candidate, c_files = read_csv_dir(candidate_dir, "candidate", progress=True)
-    b_subj = set(baseline["subject"])
-    if not b_subj & set(candidate["subject"]):
+    # unique() first: iterating a pyarrow string column value by value costs ~1 s here.
+    b_subj = set(baseline["subject"].unique())
+    if not b_subj & set(candidate["subject"].unique()):
         raise InputError(
             f"no subject in common with the baseline directory {baseline_dir}", candidate_dir
         )
@@ -232,12 +332,14 @@ def compare(
     print_result(result, console, all_levels=all_levels)
     emit_result(
         result,
-        json_out=json_out,
+        json_out=result_out,
         report_dir=report_dir,
         baseline_table=baseline,
         candidate_table=candidate,
         console=console,
     )
+    if json_out:
+        print_result_json(result)
     raise_on_fail(result)
 
 
@@ -287,15 +389,22 @@ def check(
     report_dir: Path | None = typer.Option(
         None, "--report", metavar="DIR", help="Write report.html, summary.md and figures here."
     ),
-    json_out: Path | None = typer.Option(
-        None, "--json", metavar="OUT.json", help="Write the result as JSON (for CI) to this file."
-    ),
+    result_out: Path | None = _RESULT,
+    json_out: bool = _JSON,
     registry: str | None = typer.Option(None, "--registry", metavar="URI", help=REGISTRY_HELP),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Show a progress bar during inference."
     ),
     scheduler: str | None = typer.Option(
         None, "--scheduler", metavar="local[:N]|tcp://HOST:PORT", help=SCHEDULER_HELP
+    ),
+    crop_boxes: Path | None = typer.Option(
+        None,
+        "--crop-boxes",
+        metavar="FILE",
+        help='Crop boxes of cropped SCT models: a JSON object {"SUBJECT/CONTRAST": "box.json"} '
+        "(box files with SCT's -box-* names xmin..zmax, paths relative to FILE) replacing the "
+        "default box from the cohort's ground-truth cord mask for those images.",
     ),
 ) -> None:
     """Run both versions on the frozen cohort, compare their morphometry, gate and record.
@@ -309,12 +418,12 @@ def check(
     from drift.gate.check import record_verdict, run_check
 
     refuse_outputs_onto_inputs(
-        {"--json": json_out, "--report": report_dir},
+        {"--result": result_out, "--report": report_dir},
         [policy, root, cohort if Path(cohort).exists() else None, _cache_dir(registry)],
         folders=["--report"],
     )
     quiet_mlflow()
-    console = Console()
+    console = Console(stderr=json_out)
 
     def say(msg: str) -> None:
         console.print(f"[dim]{msg}[/]", soft_wrap=True)
@@ -329,9 +438,10 @@ def check(
             policy_path=policy,
             device=device,
             registry_uri=registry,
-            progress=progress,
+            progress=progress and not json_out,  # stdout holds only the JSON document
             on_stage=say,
             engine=engine if engine.distributed else None,
+            crop_boxes=crop_boxes,
         )
     for role, failures in chk.failures.items():
         for f in failures:
@@ -339,7 +449,7 @@ def check(
     print_result(chk.result, console)
     outputs = emit_result(
         chk.result,
-        json_out=json_out,
+        json_out=result_out,
         report_dir=report_dir,
         baseline_table=chk.baseline_table,
         candidate_table=chk.candidate_table,
@@ -353,4 +463,6 @@ def check(
         f"(run {run_id})",
         soft_wrap=True,
     )
+    if json_out:
+        print_result_json(chk.result)
     raise_on_fail(chk.result)

@@ -12,7 +12,7 @@ import typer
 
 from drift import __version__
 from drift.cli.cohort import cohort_app
-from drift.cli.common import SETTINGS, command
+from drift.cli.common import SETTINGS, command, readable_metavars
 from drift.cli.drift import drift_app
 from drift.cli.models import models_app
 from drift.cli.morphometry import morphometry
@@ -22,11 +22,12 @@ from drift.cli.release import release_app
 from drift.cli.serve import serve
 from registry.errors import GateFailed
 
+readable_metavars()
 app = typer.Typer(
     name="cordwatch",
     help="Model registry and morphometric-drift gate for spinal-cord segmentation models.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # cordwatch --install-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
 
@@ -43,7 +44,12 @@ def main(
         False, "--traceback", help="Re-raise errors with their full traceback (for debugging)."
     ),
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        False,
+        "-V",
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print the version and exit.",
     ),
 ) -> None:
     """Model registry and morphometric-drift gate for spinal-cord segmentation models."""
@@ -58,20 +64,34 @@ app.command("serve")(serve)
 @command
 def demo(
     out: Path = typer.Option(
-        Path("demo-output"), "--out", help="Where the demo registry (home/) and reports go."
+        Path("demo-output"),
+        "--out",
+        metavar="DIR",
+        help="Where the reports go (and the demo registry, in DIR/home, unless $CORDWATCH_HOME "
+        "is set).",
     ),
-    subjects: int = typer.Option(10, "--subjects", help="Phantom subjects for the accuracy table."),
+    subjects: int = typer.Option(
+        10, "--subjects", metavar="N", help="Phantom subjects for the accuracy table."
+    ),
     keep: bool = typer.Option(
-        False, "--keep", help="Keep an existing demo registry instead of starting fresh."
+        False,
+        "--keep",
+        help="Keep an existing DIR/home registry instead of starting fresh ($CORDWATCH_HOME "
+        "is never deleted).",
     ),
 ) -> None:
     """Run the main job on embedded defaults: phantom accuracy, then passing and failing drift
     checks of the demo models (sqlite registry, local artifacts, phantom cohort, CPU).
 
+    The registry is $CORDWATCH_HOME when set (used as it is, never deleted), else DIR/home
+    (started fresh unless --keep); MLFLOW_TRACKING_URI is ignored (the demo always runs on an
+    embedded sqlite registry). The first lines say where everything is written.
+
     Exit 0 when every check ends as expected (the re-release passes and is promoted, the
     re-train is not failed: pass, or warn = not promotable under the default policy; the
     biased model fails), 1 otherwise.
     """
+    import os
     import shutil
 
     from rich.console import Console
@@ -108,9 +128,23 @@ def demo(
         )
     console.print(table)
 
-    home = out / "home"
-    if home.exists() and not keep:
+    from registry.settings import HOME_ENV
+
+    env_home = os.environ.get(HOME_ENV, "").strip()
+    home = Path(env_home).expanduser() if env_home else out / "home"
+    if not env_home and home.exists() and not keep:
         shutil.rmtree(home)
+    console.print(
+        f"registry: {home.resolve()} "
+        + (f"(${HOME_ENV})" if env_home else f"(set ${HOME_ENV} to choose; fresh unless --keep)")
+        + f"; reports: {out.resolve()}",
+        soft_wrap=True,
+    )
+    if os.environ.get("MLFLOW_TRACKING_URI", "").strip():
+        console.print(
+            "MLFLOW_TRACKING_URI is ignored: the demo runs on an embedded sqlite registry",
+            soft_wrap=True,
+        )
     console.print("\n[bold]2. The gate[/]: demo models on the phantom cohort")
     checks = run_drift_demo(home.resolve(), out.resolve(), lambda m: console.print(f"[dim]{m}[/]"))
     result = Table(title="Drift checks (candidate vs champion)")

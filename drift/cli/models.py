@@ -11,7 +11,8 @@
     cordwatch models diff NAME/V1 NAME/V2 [--json]
     cordwatch models audit NAME [--json]
 
-``--registry URI`` (before the sub-command) selects the registry; else ``MLFLOW_TRACKING_URI``;
+``--registry URI`` (after the sub-command, or before it: ``models --registry URI list``)
+selects the registry; else ``MLFLOW_TRACKING_URI``;
 else ``sqlite:///$CORDWATCH_HOME/registry.db``. Exit codes: 0 ok, 1 promotion refused by the
 drift gate, 2 bad input, integrity or registry error (one line on stderr naming the file).
 """
@@ -23,7 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from drift.cli.common import REGISTRY_HELP, command, print_json, quiet_mlflow, registry_from
+from drift.cli.common import (
+    JSON_OPTION,
+    REGISTRY_HELP,
+    REGISTRY_OPTION,
+    command,
+    print_json,
+    quiet_mlflow,
+    registry_from,
+    require_store,
+)
 
 if TYPE_CHECKING:
     pass
@@ -51,7 +61,7 @@ def models(
     quiet_mlflow()
 
 
-_JSON = typer.Option(False, "--json", help="Print JSON (for scripts and CI) instead of text.")
+_JSON = JSON_OPTION
 
 
 def _parse_tags(items: list[str]) -> dict[str, str]:
@@ -89,7 +99,10 @@ def register(
         "anything is unpacked.",
     ),
     alias: str | None = typer.Option(
-        None, "--alias", help="Point this alias (e.g. candidate) at the new version."
+        None,
+        "--alias",
+        metavar="ALIAS",
+        help="Point this alias (e.g. candidate) at the new version.",
     ),
     tag: list[str] = typer.Option(
         [],
@@ -102,6 +115,7 @@ def register(
         None, "--description", help="Changelog line stored with the version."
     ),
     json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """Register a model package as a new version; print its version number."""
     import tempfile
@@ -118,7 +132,7 @@ def register(
             f"--sha256 given {len(sha256)} time(s) for {len(urls)} URL(s): one per URL, in order",
             "--sha256",
         )
-    reg = registry_from(ctx)
+    reg = registry_from(ctx, registry)
     with tempfile.TemporaryDirectory(prefix="cordwatch-download-") as tmp:
         sources: list[str | Path] = []
         hashes = iter(sha256)
@@ -146,12 +160,13 @@ def list_(
         None, metavar="[NAME]", help="List this model's versions (default: models)."
     ),
     json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """List registered models, or the versions of one model ordered by number."""
     from rich.console import Console
     from rich.table import Table
 
-    reg = registry_from(ctx)
+    reg = registry_from(ctx, registry, must_exist=True)
     if name is None:
         summaries = reg.list_models()
         if json_out:
@@ -207,11 +222,12 @@ def show(
     ctx: typer.Context,
     ref: str = typer.Argument(..., metavar="REF", help="NAME@ALIAS or NAME/VERSION."),
     json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """Show one version: metadata, tags, aliases and the file manifest."""
     from registry.package import package_summary
 
-    info = registry_from(ctx).resolve(ref, manifest=True)
+    info = registry_from(ctx, registry, must_exist=True).resolve(ref, manifest=True)
     package = package_summary(info.tags)
     if json_out:
         print_json(info.to_dict() | {"package": package})
@@ -253,18 +269,29 @@ def pull(
     ctx: typer.Context,
     ref: str = typer.Argument(..., metavar="REF", help="NAME@ALIAS or NAME/VERSION."),
     output: Path | None = typer.Option(
-        None, "-o", "--output", help="Also copy the verified package into this new or empty folder."
+        None,
+        "-o",
+        "--output",
+        metavar="DIR",
+        help="Also copy the verified package into this new or empty folder.",
     ),
     refresh: bool = typer.Option(
         False, "--refresh", help="Drop the cached copy and download the package again."
     ),
+    json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """Fetch a version's package (verified against its sha256 manifest); print its folder."""
     from registry.fsutil import refuse_outputs_onto_inputs
 
-    reg = registry_from(ctx)
+    reg = registry_from(ctx, registry)
     refuse_outputs_onto_inputs({"--output": output}, [reg.settings.cache_dir], folders=["--output"])
-    typer.echo(str(reg.pull(ref, output, refresh=refresh)))
+    require_store(reg)
+    folder = reg.pull(ref, output, refresh=refresh)
+    if json_out:
+        print_json({"ref": ref, "folder": str(folder)})
+    else:
+        typer.echo(str(folder))
 
 
 @models_app.command("promote")
@@ -274,7 +301,7 @@ def promote(
     ref: str = typer.Argument(
         ..., metavar="REF", help="NAME/VERSION (or NAME@ALIAS) to point the alias at."
     ),
-    alias: str = typer.Option("champion", "--alias", help="Alias to move."),
+    alias: str = typer.Option("champion", "--alias", metavar="ALIAS", help="Alias to move."),
     force: bool = typer.Option(
         False, "--force", help="Move champion without a passing drift verdict (needs --reason)."
     ),
@@ -282,9 +309,12 @@ def promote(
         None, "--reason", help="Why; recorded in the alias history (required with --force)."
     ),
     json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """Move an alias to a version; champion needs cordwatch.drift.verdict=pass."""
-    event = registry_from(ctx).promote(ref, alias, force=force, reason=reason)
+    event = registry_from(ctx, registry, must_exist=True).promote(
+        ref, alias, force=force, reason=reason
+    )
     if json_out:
         print_json(None if event is None else event.to_dict())
     elif event is None:
@@ -301,12 +331,13 @@ def history(
     ctx: typer.Context,
     name: str = typer.Argument(..., metavar="NAME", help="Registered model name."),
     json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """The append-only alias history of a model: who moved which alias, when, and why."""
     from rich.console import Console
     from rich.table import Table
 
-    events = registry_from(ctx).history(name)
+    events = registry_from(ctx, registry, must_exist=True).history(name)
     if json_out:
         print_json([e.to_dict() for e in events])
         return
@@ -332,9 +363,10 @@ def diff(
     a: str = typer.Argument(..., metavar="A", help="First version, NAME/V1 (or NAME@ALIAS)."),
     b: str = typer.Argument(..., metavar="B", help="Second version, NAME/V2 (or NAME@ALIAS)."),
     json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """Metadata and file-manifest differences between two versions."""
-    d = registry_from(ctx).diff(a, b)
+    d = registry_from(ctx, registry, must_exist=True).diff(a, b)
     if json_out:
         print_json(d.to_dict())
         return
@@ -373,6 +405,7 @@ def audit(
     ctx: typer.Context,
     name: str = typer.Argument(..., metavar="NAME", help="Registered model name."),
     json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """Compare MLflow's aliases and verdict tags with cordwatch's history: a champion without
     a pass verdict, a verdict tag without its drift run, an alias moved outside cordwatch.
@@ -381,7 +414,7 @@ def audit(
     """
     from drift.gate.audit import AuditFailed, audit_model
 
-    findings = audit_model(registry_from(ctx), name)
+    findings = audit_model(registry_from(ctx, registry, must_exist=True), name)
     if json_out:
         print_json({"model": name, "ok": not findings, "findings": [f.to_dict() for f in findings]})
     else:

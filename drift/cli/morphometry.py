@@ -234,27 +234,42 @@ def _pmj_slices(
 @command
 def morphometry(
     seg: Path | None = typer.Argument(
-        None, help="Cord segmentation (NIfTI, binary or soft in [0, 1]); none with --batch."
+        None,
+        metavar="[SEG]",
+        help="Cord segmentation (NIfTI, binary or soft in [0, 1]); none with --batch.",
     ),
     vertfile: Path | None = typer.Option(
-        None, "--vertfile", help="Labelled segmentation: voxel value = vertebral level (3 = C3)."
+        None,
+        "--vertfile",
+        metavar="NIFTI",
+        help="Labelled segmentation: voxel value = vertebral level (3 = C3).",
     ),
     discfile: Path | None = typer.Option(
-        None, "--discfile", help="Disc labels: single voxels, value N = disc above level N."
+        None,
+        "--discfile",
+        metavar="NIFTI",
+        help="Disc labels: single voxels, value N = disc above level N.",
     ),
     perslice: bool = typer.Option(False, "--perslice", help="One row per slice."),
     perlevel: bool = typer.Option(False, "--perlevel", help="One row per vertebral level."),
-    vert: str | None = typer.Option(None, "--vert", help="Level range to keep, e.g. 2:5."),
+    vert: str | None = typer.Option(
+        None, "--vert", metavar="LO:HI", help="Level range to keep, e.g. 2:5."
+    ),
     normalize_pam50: bool = typer.Option(
         False, "--normalize-pam50", help="Interpolate onto the PAM50 template's slices per level."
     ),
     angle_correction: str = typer.Option(
         "exact",
         "--angle-correction",
+        metavar="exact|sct|none",
         help="exact (t_z/|t|, default), sct (cos*cos, as SCT) or none.",
     ),
     output: Path | None = typer.Option(
-        None, "-o", "--output", help="Write the CSV here (SCT columns); default: print a table."
+        None,
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="Write the CSV here (SCT columns); default: print a table.",
     ),
     batch: Path | None = typer.Option(
         None,
@@ -276,10 +291,18 @@ def morphometry(
         None, "--slices", metavar="10:40", help="Slices to keep (SCT's -z), e.g. 10:40 or 3,5:7."
     ),
     pmj: Path | None = typer.Option(
-        None, "--pmj", help="Pontomedullary-junction label (one voxel): fills DistancePMJ."
+        None,
+        "--pmj",
+        metavar="NIFTI",
+        help="Pontomedullary-junction label (one voxel): fills DistancePMJ.",
     ),
     pmj_distance: float | None = typer.Option(
         None, "--pmj-distance", metavar="MM", help="With --pmj: centre of the extent (mm)."
+    ),
+    json_out: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the rows as JSON on stdout (SCT's column names) instead of a table.",
     ),
     pmj_extent: float = typer.Option(
         20.0, "--pmj-extent", metavar="MM", help="With --pmj-distance: extent in mm (SCT: 20)."
@@ -324,7 +347,25 @@ def morphometry(
         write_sct_csv(table, output, filename=str(seg), version=f"cordwatch-{__version__}")
         typer.echo(str(output))
         return
+    if json_out:
+        from drift.cli.common import print_json
+
+        print_json(_json_rows(table))
+        return
     _print_table(table)
+
+
+def _json_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """The table's rows for ``--json``: NaN as null (JSON has no NaN), numpy scalars as numbers."""
+    rows = []
+    for record in table.to_dict("records"):
+        row = {}
+        for key, value in record.items():
+            if hasattr(value, "item"):
+                value = value.item()
+            row[str(key)] = None if isinstance(value, float) and value != value else value
+        rows.append(row)
+    return rows
 
 
 def _run_batch(

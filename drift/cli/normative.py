@@ -3,15 +3,18 @@
 
     cordwatch normative import DIR --name NAME [--model NAME/VERSION]
     cordwatch normative list [--json]
-    cordwatch normative show NAME@VERSION [--json]
-    cordwatch normative summary NAME@VERSION [--sex F] [--age 20:40] [--vendor Siemens] [--json]
+    cordwatch normative show NAME/VERSION [--json]
+    cordwatch normative summary NAME/VERSION [--sex F] [--age 20:40] [--vendor Siemens] [--json]
     cordwatch normative update NAME --model NAME/VERSION --scaling RESULT.json [--assume-baseline]
     cordwatch normative update NAME --model NAME/VERSION --recompute --cohort MANIFEST [--root DIR]
-    cordwatch normative export NAME@VERSION DIR
-    cordwatch normative zscore SUBJECT.csv --db NAME@VERSION [--sex F] [--age 20:40]
+    cordwatch normative export NAME/VERSION DIR
+    cordwatch normative zscore SUBJECT.csv --db NAME/VERSION [--sex F] [--age 20:40]
                                [--vendor Siemens] [--model NAME/VERSION] [--json]
 
-A database reference is ``NAME@VERSION``, ``NAME@latest`` or ``NAME`` (the latest).
+A database reference is ``NAME/VERSION``, ``NAME@latest`` or ``NAME`` (the latest), as for
+models (``NAME@VERSION``, the syntax of 0.1, is read with a deprecation warning).
+``--registry URI`` goes after the sub-command (or before it, as before). Read-only commands
+never create a registry.
 ``import`` and ``update`` print the new version number alone on the last line of stdout (a
 workflow reads it). Loud warnings go to stderr. Exit codes: 0 ok, 2 bad input, refused
 rescale or model mismatch, integrity or registry error (one line on stderr naming the file).
@@ -24,7 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from drift.cli.common import REGISTRY_HELP, command, print_json, quiet_mlflow, registry_from
+from drift.cli.common import (
+    JSON_OPTION,
+    REGISTRY_HELP,
+    REGISTRY_OPTION,
+    command,
+    print_json,
+    quiet_mlflow,
+    registry_from,
+    require_store,
+)
+from drift.cohort.engine import SCHEDULER_HELP
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,7 +74,23 @@ def _warn(message: str) -> None:
     typer.secho(f"cordwatch: WARNING: {message}", fg="red", bold=True, err=True)
 
 
-_JSON = typer.Option(False, "--json", help="Print JSON (for scripts and CI) instead of text.")
+def _db_ref(text: str) -> str:
+    """A database reference as given; ``NAME@3`` (the syntax of 0.1, where ``@`` meant a
+    version) still works, with a deprecation warning: ``@`` names an alias, as for models."""
+    import re
+
+    m = re.fullmatch(r"\s*([^@/\s]+)@[vV]?(\d+)\s*", text or "")
+    if m is None:
+        return text
+    typer.echo(
+        f"cordwatch: warning: {text.strip()} is deprecated (removed in 0.3): a version is "
+        f"{m.group(1)}/{m.group(2)}, as for models (@ names an alias: @latest)",
+        err=True,
+    )
+    return f"{m.group(1)}/{m.group(2)}"
+
+
+_JSON = JSON_OPTION
 _SEX = typer.Option(None, "--sex", metavar="M|F", help="Only reference subjects of this sex.")
 _AGE = typer.Option(
     None,
@@ -157,6 +186,8 @@ def import_(
         metavar="NAME/VERSION",
         help="Registered model version that produced the values (aliases are resolved).",
     ),
+    json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """Store a database folder as the next version of NAME.
 
@@ -165,7 +196,10 @@ def import_(
     """
     from drift.normative.store import import_db
 
-    v = import_db(directory, name, model, registry=registry_from(ctx))
+    v = import_db(directory, name, model, registry=registry_from(ctx, registry))
+    if json_out:
+        print_json(v.to_dict())
+        return
     typer.echo(
         f"imported {v.n_subjects} subjects ({v.contrast}) from {directory} as {v.ref} "
         f"(model {v.model or 'not recorded'})"
@@ -181,14 +215,16 @@ def import_(
 
 @normative_app.command("list")
 @command
-def list_(ctx: typer.Context, json_out: bool = _JSON) -> None:
+def list_(
+    ctx: typer.Context, json_out: bool = _JSON, registry: str | None = REGISTRY_OPTION
+) -> None:
     """Every version of every normative database, by name and version number."""
     from rich.console import Console
     from rich.table import Table
 
     from drift.normative.store import list_databases
 
-    versions = list_databases(registry=registry_from(ctx))
+    versions = list_databases(registry=registry_from(ctx, registry, must_exist=True))
     if json_out:
         print_json([v.to_dict() for v in versions])
         return
@@ -218,15 +254,18 @@ def list_(ctx: typer.Context, json_out: bool = _JSON) -> None:
 @command
 def show(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., metavar="NAME@VERSION", help="NAME@VERSION, NAME@latest, NAME."),
+    ref: str = typer.Argument(
+        ..., metavar="NAME/VERSION", help="NAME/VERSION, NAME@latest or NAME (the latest)."
+    ),
     json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """One version: metadata, how it was made and its per-level summary."""
     from rich.console import Console
 
     from drift.normative.summary import show as show_version
 
-    info = show_version(ref, registry=registry_from(ctx))
+    info = show_version(_db_ref(ref), registry=registry_from(ctx, registry, must_exist=True))
     v: NormativeVersion = info["version"]
     if json_out:
         doc = v.to_dict() | {
@@ -284,7 +323,9 @@ def show(
 @command
 def summary(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., metavar="NAME@VERSION", help="NAME@VERSION, NAME@latest, NAME."),
+    ref: str = typer.Argument(
+        ..., metavar="NAME/VERSION", help="NAME/VERSION, NAME@latest or NAME (the latest)."
+    ),
     sex: str | None = _SEX,
     age: str | None = _AGE,
     vendor: str | None = _VENDOR,
@@ -296,6 +337,7 @@ def summary(
         "solidity, orientation, angles).",
     ),
     json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """Per-level mean, SD and percentiles of the subjects' level means, filtered."""
     from rich.console import Console
@@ -304,9 +346,9 @@ def summary(
     from drift.normative.summary import SUMMARY_METRICS
     from drift.normative.summary import summary as summarise
 
-    reg = registry_from(ctx)
+    reg = registry_from(ctx, registry, must_exist=True)
     filters = _filters(sex, age, vendor)
-    version = resolve(ref, registry=reg)
+    version = resolve(_db_ref(ref), registry=reg)
     table = summarise(
         version.ref,
         filters.sex,
@@ -390,6 +432,11 @@ def update(
         metavar="FILE",
         help="Rescale policy (default: reference_data/normative_policy.yaml).",
     ),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", metavar="local[:N]|tcp://HOST:PORT", help=SCHEDULER_HELP
+    ),
+    json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """Make the next version for a new model (rescale or recompute).
 
@@ -398,30 +445,46 @@ def update(
     --recompute segments a cohort with --model. Prints the new version number on the last
     line.
     """
+    from drift.cohort.engine import open_engine
     from drift.normative.update import update as do_update
+    from registry.errors import InputError
 
-    result = do_update(
-        name,
-        model,
-        scaling,
-        recompute=recompute,
-        cohort=cohort,
-        root=root,
-        contrast=contrast,
-        participants=participants,
-        device=device,
-        progress=False,
-        assume_baseline=assume_baseline,
-        policy_path=policy,
-        registry=registry_from(ctx),
-    )
+    if scheduler is not None and not recompute:
+        raise InputError("--scheduler is for --recompute (a rescale runs no model)")
+
+    def say(msg: str) -> None:
+        typer.echo(msg, err=True)
+
+    # A cluster started here is stopped before the new version is printed (also on Ctrl-C).
+    with open_engine(scheduler, say=say, device=device) as engine:
+        result = do_update(
+            name,
+            model,
+            scaling,
+            recompute=recompute,
+            cohort=cohort,
+            root=root,
+            contrast=contrast,
+            participants=participants,
+            device=device,
+            progress=False,
+            assume_baseline=assume_baseline,
+            policy_path=policy,
+            registry=registry_from(ctx, registry, must_exist=True),
+            engine=engine if engine.distributed else None,
+        )
     v = result.version
+    if json_out:
+        for note in result.notes:
+            _warn(note)
+        print_json(v.to_dict() | {"notes": list(result.notes)})
+        return
     for note in result.notes:
         if note.startswith("--assume-baseline"):
             _warn(note)
         else:
             typer.echo(f"note: {note}")
-    parent = f" from {v.name}@{v.parent}" if v.parent is not None else ""
+    parent = f" from {v.name}/{v.parent}" if v.parent is not None else ""
     typer.echo(f"{v.kind}{parent} -> {v.ref} for model {v.model} ({v.n_subjects} subjects)")
     typer.echo(f"files sha256 {v.files_sha256}")
     typer.echo(str(v.version))
@@ -434,8 +497,12 @@ def update(
 @command
 def export(
     ctx: typer.Context,
-    ref: str = typer.Argument(..., metavar="NAME@VERSION", help="NAME@VERSION, NAME@latest, NAME."),
+    ref: str = typer.Argument(
+        ..., metavar="NAME/VERSION", help="NAME/VERSION, NAME@latest or NAME (the latest)."
+    ),
     directory: Path = typer.Argument(..., metavar="DIR", help="New or empty output folder."),
+    json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """Write a version in SCT's layout, for sct_compute_compression -normalize-hc 1.
 
@@ -445,9 +512,13 @@ def export(
     from drift.normative.store import export_db
     from registry.fsutil import refuse_outputs_onto_inputs
 
-    reg = registry_from(ctx)
+    reg = registry_from(ctx, registry)
     refuse_outputs_onto_inputs({"DIR": directory}, [reg.settings.cache_dir], folders=["DIR"])
-    out = export_db(ref, directory, registry=reg)
+    require_store(reg)
+    out = export_db(_db_ref(ref), directory, registry=reg)
+    if json_out:
+        print_json({"database": _db_ref(ref), "folder": str(out)})
+        return
     typer.echo(str(out))
 
 
@@ -465,7 +536,7 @@ def zscore(
         "-perslice 1 -normalize-PAM50 1).",
     ),
     db: str = typer.Option(
-        ..., "--db", metavar="NAME@VERSION", help="Normative database version to compare with."
+        ..., "--db", metavar="NAME/VERSION", help="Normative database version to compare with."
     ),
     sex: str | None = _SEX,
     age: str | None = _AGE,
@@ -482,6 +553,7 @@ def zscore(
         help="Compute z-scores although the subject's model is not the database's (warns).",
     ),
     json_out: bool = _JSON,
+    registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """Per-level z-scores and percentiles of a subject against a normative database."""
     from rich.console import Console
@@ -492,13 +564,13 @@ def zscore(
     filters = _filters(sex, age, vendor)
     result = compute(
         subject_csv,
-        db,
+        _db_ref(db),
         filters.sex,
         filters.age,
         filters.vendor,
         model,
         allow_model_mismatch=allow_model_mismatch,
-        registry=registry_from(ctx),
+        registry=registry_from(ctx, registry, must_exist=True),
     )
     for w in result.warnings:
         _warn(w)

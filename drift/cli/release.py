@@ -30,11 +30,18 @@ release_app = typer.Typer(
 @release_app.command("candidate")
 @command
 def candidate(
-    name: str = typer.Option("", "--name", help="Registry name (overrides the manifest's)."),
-    model: str = typer.Option(
-        "", "--model", help="Package path or https URL (overrides the manifest's)."
+    name: str = typer.Option(
+        "", "--name", metavar="NAME", help="Registry name (overrides the manifest's)."
     ),
-    root: Path = typer.Option(Path("."), "--root", help="The repository (default: here)."),
+    model: str = typer.Option(
+        "",
+        "--model",
+        metavar="PATH|URL",
+        help="Package path or https URL (overrides the manifest's).",
+    ),
+    root: Path = typer.Option(
+        Path("."), "--root", metavar="DIR", help="The repository (default: here)."
+    ),
     local_only: bool = typer.Option(
         False,
         "--local-only",
@@ -51,10 +58,18 @@ def candidate(
 @release_app.command("gated")
 @command
 def gated(
-    versions: Path = typer.Argument(..., help="`cordwatch models list NAME --json` output."),
-    champion: Path = typer.Argument(..., help="`cordwatch models show NAME@champion --json`."),
-    tree: str = typer.Option(..., "--tree", help="Git object id of the package (git_tree tag)."),
-    path: str = typer.Option(..., "--path", help="The package's path (for messages)."),
+    versions: Path = typer.Argument(
+        ..., metavar="VERSIONS.json", help="`cordwatch models list NAME --json` output."
+    ),
+    champion: Path = typer.Argument(
+        ..., metavar="CHAMPION.json", help="`cordwatch models show NAME@champion --json`."
+    ),
+    tree: str = typer.Option(
+        ..., "--tree", metavar="GIT_OBJECT", help="Git object id of the package (git_tree tag)."
+    ),
+    path: str = typer.Option(
+        ..., "--path", metavar="PATH", help="The package's path (for messages)."
+    ),
 ) -> None:
     """The registered version of the package to promote: version, sha256, champion, already."""
     from drift.gate.release import gated_version, output_lines, read_json_file
@@ -71,8 +86,12 @@ def gated(
 @release_app.command("outputs")
 @command
 def outputs(
-    file: Path = typer.Argument(..., help="A JSON document cordwatch wrote (--json)."),
-    keys: list[str] = typer.Argument(..., help="Keys to print, dotted for nested ones."),
+    file: Path = typer.Argument(
+        ..., metavar="FILE.json", help="A JSON document cordwatch wrote (--json)."
+    ),
+    keys: list[str] = typer.Argument(
+        ..., metavar="KEY...", help="Keys to print, dotted for nested ones."
+    ),
 ) -> None:
     """Print ``key=value`` lines of a JSON document's values (line breaks refused)."""
     from drift.gate.release import output_lines, pick, read_json_file
@@ -83,15 +102,25 @@ def outputs(
 @release_app.command("record")
 @command
 def record(
-    out: Path = typer.Argument(..., help="Where to write promotion.json."),
-    model: str = typer.Option(..., "--model", help="Registry name of the promoted model."),
-    version: int = typer.Option(..., "--version", help="The promoted version."),
-    sha256: str = typer.Option(..., "--sha256", help="Its package sha256."),
-    baseline: int = typer.Option(..., "--baseline", help="The champion it replaces."),
-    commit: str = typer.Option(..., "--commit", help="The git commit of the release run."),
-    normative_name: str = typer.Option(..., "--normative-name", help="Normative database."),
-    normative_version: int = typer.Option(..., "--normative-version", help="Its new version."),
-    normative_mode: str = typer.Option(..., "--normative-mode", help="scaling or recompute."),
+    out: Path = typer.Argument(..., metavar="OUT.json", help="Where to write promotion.json."),
+    model: str = typer.Option(
+        ..., "--model", metavar="NAME", help="Registry name of the promoted model."
+    ),
+    version: int = typer.Option(..., "--version", metavar="N", help="The promoted version."),
+    sha256: str = typer.Option(..., "--sha256", metavar="HEX", help="Its package sha256."),
+    baseline: int = typer.Option(..., "--baseline", metavar="N", help="The champion it replaces."),
+    commit: str = typer.Option(
+        ..., "--commit", metavar="SHA", help="The git commit of the release run."
+    ),
+    normative_name: str = typer.Option(
+        ..., "--normative-name", metavar="NAME", help="Normative database."
+    ),
+    normative_version: int = typer.Option(
+        ..., "--normative-version", metavar="N", help="Its new version."
+    ),
+    normative_mode: str = typer.Option(
+        ..., "--normative-mode", metavar="scaling|recompute", help="scaling or recompute."
+    ),
 ) -> None:
     """Write the promotion record a release attaches (JSON, written all at once)."""
     from drift.gate.release import promotion_record, write_json_file

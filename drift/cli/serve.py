@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from drift.cli.common import REGISTRY_HELP, command, quiet_mlflow
+from drift.cohort.engine import SCHEDULER_HELP
 from registry.errors import InputError
 
 if TYPE_CHECKING:
@@ -82,8 +83,9 @@ def serve(
         help="How a following database is updated: rescale (from the promotion's drift "
         "result) or recompute (segment the --cohort with the new champion).",
     ),
-    # A --scheduler option (Dask scale-out engine) belongs here; it will be passed to
-    # CheckSettings so that run_check can use it.
+    scheduler: str | None = typer.Option(
+        None, "--scheduler", metavar="local[:N]|tcp://HOST:PORT", help=SCHEDULER_HELP
+    ),
 ) -> None:
     """Run the monitoring service: MLflow webhooks and a poll gate every new candidate once
     per (candidate, baseline, cohort, policy), and a dashboard shows every version's
@@ -102,6 +104,10 @@ def serve(
 
     if device not in ("auto", "cpu", "cuda"):
         raise InputError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if scheduler is not None:
+        from drift.cohort.engine import parse_scheduler
+
+        parse_scheduler(scheduler)  # a bad --scheduler fails at start-up, not at each check
     if normative_mode not in ("rescale", "recompute"):
         raise InputError(f"--normative-mode must be rescale or recompute, not {normative_mode!r}")
     quiet_mlflow()
@@ -114,6 +120,7 @@ def serve(
         policy_path=policy,
         device=device,
         registry_uri=registry,
+        scheduler=scheduler,
         max_attempts=max_attempts,
     ).load()
     reg = connect(registry)

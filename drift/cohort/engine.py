@@ -13,7 +13,7 @@ device is cuda, any worker otherwise), one task per image measures (anywhere). E
 keeps a package's predictor loaded across images (:data:`_PREDICTORS`, keyed by package
 sha256 and settings), and the package's files are verified against the registry's sha256
 manifest once per worker, before the first unpickle (:func:`registry.nnunet.load_predictor`).
-Task keys are deterministic (package sha256, image sha256, settings); retries are bounded;
+Task keys are deterministic (package sha256, image sha256, settings, cache); retries are bounded;
 a retry after a lost worker is cheap because every finished image is in the segmentation
 cache. Results are gathered by input position, so they do not depend on the number of
 workers or on the order in which tasks finish.
@@ -35,25 +35,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-
-from drift.cohort.inference import (
-    InferenceSettings,
-    Output,
-    SegmentationResult,
-    _LazyPredictor,
-    _progress,
-    outcome,
-    package_pipeline,
-    predictor_loader,
-    segment_image,
-)
 from registry.errors import CordwatchError, InputError
 
 if TYPE_CHECKING:
+    import numpy as np
     from distributed import Client, Future
 
+    from drift.cohort.inference import (
+        InferenceSettings,
+        Output,
+        SegmentationResult,
+        _LazyPredictor,
+    )
     from drift.measure.batch import BatchReport
+
+# Nothing heavy at import time: the command line imports SCHEDULER_HELP from here, so numpy,
+# nibabel (drift.cohort.inference) and dask are imported where they are used.
 
 K = TypeVar("K", bound=Hashable)
 
@@ -114,6 +111,8 @@ def _worker_threads() -> int | None:
 def worker_predictor(spec: ModelSpec) -> _LazyPredictor:
     """This process's predictor for ``spec``: created once, loaded (and the package verified
     against its manifest) on the first image that is not cached."""
+    from drift.cohort.inference import _LazyPredictor, predictor_loader
+
     found = _PREDICTORS.get(spec)
     if found is not None:
         return found
@@ -137,6 +136,18 @@ def worker_predictor(spec: ModelSpec) -> _LazyPredictor:
     return found
 
 
+def _worker_software() -> dict[str, Any]:
+    """This process's software versions (read once: ~8 ms of package metadata per call)."""
+    if not _HERE:
+        from drift.cohort.inference import InferenceSettings
+
+        _HERE.update(asdict(InferenceSettings.current()))
+    return _HERE
+
+
+_HERE: dict[str, Any] = {}
+
+
 def segment_task(
     spec: ModelSpec,
     key: str,
@@ -151,7 +162,9 @@ def segment_task(
     The worker's own nnU-Net/torch versions must be the client's: they are part of the cache
     key, and a mixed cluster would give results that depend on which worker ran a task.
     """
-    here = asdict(InferenceSettings.current())
+    from drift.cohort.inference import segment_image
+
+    here = _worker_software()
     ours = asdict(settings)
     diff = [f"{k} {here[k]} (client {ours[k]})" for k in _SOFTWARE if here[k] != ours[k]]
     if diff:
@@ -198,6 +211,8 @@ class ThresholdPredictor:
     def predict_single_npy_array(
         self, data: np.ndarray, _props: Any, _prev: Any, _out: Any, _probs: bool
     ) -> tuple[np.ndarray, np.ndarray]:
+        import numpy as np
+
         if self.delay_s:
             time.sleep(self.delay_s)
         image = data[0]
@@ -295,7 +310,11 @@ class Engine:
     ) -> list[SegmentationResult]:
         """:func:`drift.cohort.inference.segment_cohort` as one task per image; same results,
         in input order. ``loader="threshold"`` segments with :class:`ThresholdPredictor`."""
+        from drift.cohort.inference import InferenceSettings, SegmenterSettings, package_pipeline
+
         pipeline = None if loader != "nnunet" else package_pipeline(package_dir)
+        if isinstance(pipeline, SegmenterSettings) and pipeline.output == "soft":
+            output = "soft"  # as in-process: a soft segmenter's probabilities are measured soft
         settings = InferenceSettings.current(tta=tta, folds=folds, output=output, pipeline=pipeline)
         spec = ModelSpec(
             str(Path(package_dir).resolve()),
@@ -310,6 +329,8 @@ class Engine:
         )
         cache = str(Path(cache_dir).resolve())
         crops = {k: str(Path(v).resolve()) for k, v in (crop_sources or {}).items()}
+        # How and into which cache (two runs into two caches are two tasks, not one).
+        where = (cache, repr(spec))
         calls = [
             (
                 _task_key(
@@ -319,6 +340,7 @@ class Engine:
                     key,
                     settings,
                     crops.get(key),
+                    where,
                 ),
                 (spec, key, str(Path(p).resolve()), sha, cache, settings, crops.get(key)),
             )
@@ -327,6 +349,8 @@ class Engine:
         gpu = self._wants_gpu(device)
         counts = {"cached": 0, "computed": 0, "failed": 0}
         results: list[SegmentationResult] = []
+
+        from drift.cohort.inference import outcome
 
         def tick(res: SegmentationResult, bar: Any) -> None:
             counts[outcome(res)] += 1
@@ -387,6 +411,8 @@ class Engine:
         label: str = "segmenting",
     ) -> list[Any]:
         """Each ``fn(*args)``, results in input order; one progress step per finished task."""
+        from drift.cohort.inference import _progress
+
         total = len(calls)
         with _progress(progress, total, label) as bar:
             if self.client is None:
@@ -409,7 +435,7 @@ class Engine:
         *,
         gpu: bool,
     ) -> list[Any]:
-        from distributed import wait
+        from distributed import as_completed
 
         assert self.client is not None
         if gpu:
@@ -425,22 +451,26 @@ class Engine:
             for key, where in slots.items()
         ]
         results: list[Any] = [None] * len(calls)
-        pending = set(futures)
         stalled_since: float | None = None
         finished = 0
+        # One as_completed over all futures (linear in their number) and one gather per batch
+        # of finished tasks: the per-task cost stays flat for cohorts of thousands of images.
+        with self.client.as_current():  # as_completed uses the current client
+            ready = as_completed(futures, with_results=False)
         try:
-            while pending:
-                try:
-                    with self.client.as_current():  # wait() uses the current client
-                        done, pending = wait(
-                            list(pending), timeout=1.0, return_when="FIRST_COMPLETED"
-                        )
-                except TimeoutError:
-                    done = set()
-                if not done and gpu:
-                    stalled_since = self._watch_gpu(stalled_since)
-                for fut in sorted(done, key=lambda f: slots[f.key][0]):
-                    value = self._result(fut)
+            while not ready.is_empty():
+                done = ready.next_batch(block=False)
+                if not done:
+                    if gpu:
+                        stalled_since = self._watch_gpu(stalled_since)
+                    time.sleep(0.01)
+                    continue
+                done.sort(key=lambda f: slots[f.key][0])
+                for fut in done:
+                    if fut.status != "finished":
+                        self._result(fut)  # raises the task's error as an EngineError
+                values = self.client.gather(done)
+                for fut, value in zip(done, values, strict=True):
                     for i in slots[fut.key]:
                         results[i] = value
                         finished += 1
@@ -449,8 +479,10 @@ class Engine:
                             self.on_done(finished, len(calls))
                     fut.release()
         finally:
+            pending = [f for f in futures if f.status == "pending"]
             if pending:
-                self.client.cancel(list(pending))
+                self.client.cancel(pending)
+            ready.clear()
         return results
 
     def _result(self, fut: Future) -> Any:
@@ -528,12 +560,15 @@ def open_engine(
     say: Callable[[str], None] | None = None,
     device: str = "auto",
     timeout_s: float | None = None,
+    on_done: Callable[[int, int], None] | None = None,
 ) -> Iterator[Engine]:
     """The engine for ``--scheduler``; a cluster it starts is stopped on the way out (also on
-    Ctrl-C or an error), a scheduler it connected to is left running."""
+    Ctrl-C or an error), a scheduler it connected to is left running. ``say`` gets one line
+    when a cluster is started (with its dashboard link) or connected; ``on_done(done, total)``
+    after each finished task (:class:`Engine`)."""
     parsed = parse_scheduler(scheduler)
     if parsed is None:
-        yield Engine()
+        yield Engine(on_done=on_done)
         return
     tell = say or (lambda _msg: None)
     timeout = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
@@ -571,7 +606,7 @@ def open_engine(
                 ) from err
             n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
             tell(f"connected to the Dask scheduler at {address} ({n} workers)")
-        yield Engine(client, address=address, gpu_wait_s=timeout)
+        yield Engine(client, address=address, gpu_wait_s=timeout, on_done=on_done)
 
 
 def _has_bokeh() -> bool:

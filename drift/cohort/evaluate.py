@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +92,9 @@ class Measured:
     dice: pd.DataFrame | None = None  # subject, contrast, dice (vs ground truth)
     # "subject/contrast" -> segmentation cache key (for QC images; empty when unknown)
     seg_keys: dict[str, str] = field(default_factory=dict)
+    # Which pipeline segmented the cohort (SCT's orientation, crop box source, paddings, or an
+    # external command; None: nnU-Net as stored), for the drift result's provenance.
+    inference: dict[str, Any] | None = None
 
 
 def measure_cohort(
@@ -239,7 +242,9 @@ def load_morphometry_run(reg: Registry, run_id: str) -> Measured:
             seg_keys = json.loads(Path(keys_path).read_text())
         except Exception:  # any failure: no QC images, nothing else changes
             seg_keys = {}
-    return Measured(to_wide(long), failures, dice, seg_keys)
+        prov_path = reg.client.download_artifacts(run_id, "provenance.json", tmp)
+        prov = json.loads(Path(prov_path).read_text())
+    return Measured(to_wide(long), failures, dice, seg_keys, prov.get("inference"))
 
 
 def log_morphometry_run(
@@ -324,13 +329,17 @@ def evaluate_version(
     progress: bool,
     provenance: dict[str, Any],
     engine: Engine | None = None,
+    crop_boxes: Mapping[str, Path] | None = None,
 ) -> Measured:
     """Segment the cohort with one version (cached) and measure it; reuse a logged run when
     the same package was already measured on the same cohort. A distributed ``engine`` runs
-    one segmentation and one measuring task per image on its cluster."""
+    one segmentation and one measuring task per image on its cluster. ``crop_boxes``
+    ("subject/contrast" -> box file, ``drift check --crop-boxes``) replace the ground-truth
+    crop boxes of those images; such a check neither reuses nor logs a morphometry run (its
+    boxes are not the cohort's)."""
     from drift.cohort.inference import package_pipeline, segment_cohort
 
-    run_id = find_morphometry_run(reg, info, cohort)
+    run_id = None if crop_boxes else find_morphometry_run(reg, info, cohort)
     if run_id is not None:
         return load_morphometry_run(reg, run_id)
     package = reg.pull(info.ref)
@@ -341,12 +350,12 @@ def evaluate_version(
     ]
     # A cropped SCT model's box comes from the ground-truth cord mask: the same for both
     # versions, so detector drift cannot pass for model drift (drift/cohort/sct_pipeline.py).
-    # (The distributed engine does not take crop sources yet.)
     crop_sources: dict[str, str | Path] = {
         f"{it.subject}/{it.contrast}": it.gt_seg.locate(root)
         for it in cohort.items
         if it.gt_seg is not None
     }
+    crop_sources.update(crop_boxes or {})
     manifest_files = None if manifest is None else manifest_map(manifest)
     if engine is None:
         results = segment_cohort(
@@ -368,6 +377,7 @@ def evaluate_version(
             device=device,
             progress=progress,
             package_manifest=manifest_files,
+            crop_sources=crop_sources,
         )
     seg_paths: dict[tuple[str, str], Path] = {}
     failures = []
@@ -382,13 +392,33 @@ def evaluate_version(
     measured.failures = failures + measured.failures
     measured.dice = dice_against_truth(cohort.items, root, seg_paths)
     measured.seg_keys = {r.key: r.cache_key for r in results if r.status == "ok" and r.cache_key}
-    if len(measured.failures) < len(cohort.items):
-        # Which pipeline ran (SCT's orientation, crop box source and paddings, or an
-        # external command) goes with the morphometrics.
-        pipeline = package_pipeline(package)
-        inference = {"pipeline": None if pipeline is None else asdict(pipeline)}
+    # Which pipeline ran (SCT's orientation, crop box source and paddings, or an external
+    # command) goes with the morphometrics.
+    pipeline = package_pipeline(package)
+    inference = {
+        "pipeline": None if pipeline is None else asdict(pipeline),
+        "crop_sources": _crop_source_counts(results),
+    }
+    measured.inference = inference
+    if len(measured.failures) < len(cohort.items) and not crop_boxes:
         log_morphometry_run(reg, info, cohort, measured, provenance | {"inference": inference})
     return measured
+
+
+def _crop_source_counts(results: Sequence[Any]) -> dict[str, int]:
+    """How many images each crop box source gave (``gt_seg``, ``box_file``), from the cache
+    sidecars; empty for a model that does not crop."""
+    counts: dict[str, int] = {}
+    for res in results:
+        if res.status != "ok" or res.seg_path is None:
+            continue
+        try:
+            meta = json.loads(res.seg_path.with_suffix("").with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            continue
+        if "crop_source" in meta:
+            counts[meta["crop_source"]] = counts.get(meta["crop_source"], 0) + 1
+    return counts
 
 
 def manifest_map(manifest: Any) -> dict[str, str]:

@@ -10,6 +10,9 @@ Every cache entry is written atomically (a provenance sidecar, then the NIfTI, w
 entry's commit mark), so a crash or Ctrl-C mid-cohort loses no finished image and leaves no
 half-written entry. A failing image (unreadable, hash mismatch, prediction error) is recorded
 with its error and the cohort goes on; only a model that cannot be loaded stops it.
+
+The predictor (network, weights) is loaded once per cohort and kept across images; while one
+image is predicted, a thread hashes, looks up and reads the next (``prefetch``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -200,8 +204,9 @@ def _segment_one(
     provenance: dict[str, Any],
     output: Output,
     crop_source: Path | None = None,
+    loaded: tuple[Any, Any, tuple[float, float, float]] | None = None,
 ) -> None:
-    img, data, spacing = nnunet.read_image(image)
+    img, data, spacing = loaded if loaded is not None else nnunet.read_image(image)
     t0 = time.perf_counter()
     model = predictor.get()
     steps: dict[str, Any] = {}
@@ -279,6 +284,7 @@ def segment_cohort(
     package_manifest: Mapping[str, str] | None = None,
     num_threads: int | None = None,
     crop_sources: Mapping[str, str | Path] | None = None,
+    prefetch: bool = True,
 ) -> list[SegmentationResult]:
     """Segment every ``(key, image path, image sha256)`` with the model in ``package_dir``.
 
@@ -293,6 +299,8 @@ def segment_cohort(
     reorientation, crop and post-processing, or an external command) is part of the settings.
     ``crop_sources`` maps a key to what the crop box of a cropped SCT model comes from: the
     image's ground-truth cord mask (NIfTI) or a box file (``.json``, an override).
+    ``prefetch``: hash, look up and read the next image in a thread while the current one is
+    predicted (benchmarks/bench_inference.py measures it); the results are the same.
     """
     cache = Path(cache_dir)
     pipeline = package_pipeline(package_dir)
@@ -314,21 +322,46 @@ def segment_cohort(
     )
     results: list[SegmentationResult] = []
     counts = {"cached": 0, "computed": 0, "failed": 0}
-    with _progress(progress, len(images)) as bar:
-        for key, image_path, image_sha in images:
+
+    def source(key: str) -> Path | None:
+        found = (crop_sources or {}).get(key)
+        return None if found is None else Path(found)
+
+    def lookup(i: int) -> Future[_Lookup] | None:
+        if not prefetch or i >= len(images):
+            return None
+        key, image_path, image_sha = images[i]
+        return reader.submit(
+            _lookup, Path(image_path), image_sha, cache, settings, provenance, source(key)
+        )
+
+    # Prefetch: one thread hashes, looks up and reads image i + 1 while image i is predicted
+    # (hashlib, zlib and numpy release the GIL, as torch does).
+    with (
+        _progress(progress, len(images)) as bar,
+        ThreadPoolExecutor(1, thread_name_prefix="cordwatch-prefetch") as reader,
+    ):
+        upcoming = lookup(0)
+        for i, (key, image_path, image_sha) in enumerate(images):
             if bar is not None:
                 bar.update(bar.task_ids[0], description=key)
-            source = (crop_sources or {}).get(key)
-            result = segment_image(
-                predictor,
-                key,
-                Path(image_path),
-                image_sha,
-                cache,
-                settings,
-                provenance,
-                crop_source=None if source is None else Path(source),
-            )
+            current, upcoming = upcoming, lookup(i + 1)
+            try:
+                result = segment_image(
+                    predictor,
+                    key,
+                    Path(image_path),
+                    image_sha,
+                    cache,
+                    settings,
+                    provenance,
+                    crop_source=source(key),
+                    prefetched=current,
+                )
+            except BaseException:
+                if upcoming is not None:
+                    upcoming.cancel()
+                raise
             counts[outcome(result)] += 1
             results.append(result)
             if bar is not None:
@@ -397,6 +430,47 @@ def predictor_loader(
     return _LazyPredictor(load, Path(package_dir))
 
 
+@dataclass
+class _Lookup:
+    """An image hashed, its cache key and entry looked up and, on a miss, the image read:
+    everything before the network, which :func:`segment_cohort` does for the next image while
+    the current one is predicted."""
+
+    sha256: str = ""
+    extra: dict[str, str] | None = None
+    key: str | None = None
+    hit: Path | None = None
+    loaded: tuple[Any, Any, tuple[float, float, float]] | None = None
+    error: Exception | None = None
+
+
+def _lookup(
+    image: Path,
+    image_sha: str | None,
+    cache: Path,
+    settings: InferenceSettings,
+    provenance: Mapping[str, Any],
+    crop_source: Path | None,
+) -> _Lookup:
+    """Never raises: an error is kept for the image's result (it may run in a thread)."""
+    out = _Lookup()
+    try:
+        out.sha256 = _image_sha256(image)
+        if image_sha is not None and out.sha256 != image_sha.lower():
+            raise IntegrityError(
+                f"sha256 {out.sha256[:12]}... does not match the cohort's {image_sha[:12]}...",
+                image,
+            )
+        out.extra = _crop_extra(settings, crop_source)
+        out.key = cache_key(str(provenance["package_sha256"]), out.sha256, settings, out.extra)
+        out.hit = cached_segmentation(cache, out.key)
+        if out.hit is None:
+            out.loaded = nnunet.read_image(image)
+    except Exception as err:
+        out.error = err
+    return out
+
+
 def segment_image(
     predictor: _LazyPredictor,
     key: str,
@@ -406,34 +480,39 @@ def segment_image(
     settings: InferenceSettings,
     provenance: Mapping[str, Any],
     crop_source: Path | None = None,
+    *,
+    prefetched: Future[_Lookup] | None = None,
 ) -> SegmentationResult:
     """One image of a cohort: hash it, reuse its cache entry or predict and write one.
 
     A failing image is returned as ``failed``; only a model that cannot be loaded raises.
     ``crop_source`` (cropped SCT models) is part of the cache key by its sha256.
+    ``prefetched``: the same image's :func:`_lookup`, already under way in another thread.
     """
     t0 = time.perf_counter()
-    ckey: str | None = None
+    found = (
+        prefetched.result()
+        if prefetched is not None
+        else _lookup(image, image_sha, cache, settings, provenance, crop_source)
+    )
+    ckey = found.key
     try:
-        actual = _image_sha256(image)
-        if image_sha is not None and actual != image_sha.lower():
-            raise IntegrityError(
-                f"sha256 {actual[:12]}... does not match the cohort's {image_sha[:12]}...",
-                image,
-            )
-        extra = _crop_extra(settings, crop_source)
-        ckey = cache_key(str(provenance["package_sha256"]), actual, settings, extra)
+        if found.error is not None:
+            raise found.error
+        assert ckey is not None and found.extra is not None
         seg_path, meta_path = entry_paths(cache, ckey)
-        hit = cached_segmentation(cache, ckey)
+        # Looked up again: the same image earlier in the cohort may have written it since.
+        hit = found.hit or cached_segmentation(cache, ckey)
         if hit is None:
             _segment_one(
                 predictor,
                 image,
                 seg_path,
                 meta_path,
-                {**provenance, "image_sha256": actual, "image": str(image), **extra},
+                {**provenance, "image_sha256": found.sha256, "image": str(image), **found.extra},
                 settings.output,
                 crop_source,
+                found.loaded,
             )
         return SegmentationResult(
             key, image, "ok", seg_path, None, time.perf_counter() - t0, hit is not None, ckey

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -281,6 +281,36 @@ def read_box_file(path: Path, shape: tuple[int, ...]) -> Box:
                 path,
             )
     return box
+
+
+def read_crop_box_map(path: Path, keys: Collection[str]) -> dict[str, Path]:
+    """``drift check --crop-boxes FILE``: a JSON object mapping a cohort image
+    (``"SUBJECT/CONTRAST"``) to its box file (SCT's ``-box-*`` names; a path relative to FILE's
+    folder), which replaces the ground-truth box for that image. Every entry is checked here:
+    a key of the cohort, a readable box file with the six integer indices (the extent against
+    the image is checked when the image is run)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise InputError("crop box list not found", path) from err
+    except (OSError, ValueError) as err:
+        raise InputError(f"unreadable crop box list: {err}", path) from err
+    if not isinstance(data, dict) or not data:
+        raise InputError('a crop box list is a JSON object {"SUBJECT/CONTRAST": "box.json"}', path)
+    out: dict[str, Path] = {}
+    for key, value in data.items():
+        if key not in keys:
+            raise InputError(f"crop box list names {key!r}, which is not in the cohort", path)
+        if not isinstance(value, str) or not value.endswith(".json"):
+            raise InputError(f"crop box of {key!r} must be the path of a .json box file", path)
+        box = (path.parent / value).resolve()
+        try:
+            read_box_file(box, (2**31, 2**31, 2**31))
+        except InputError as err:
+            raise InputError(f"crop box of {key!r}: {err}", path) from err
+        out[key] = box
+    return out
 
 
 def crop_box(

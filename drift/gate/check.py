@@ -138,11 +138,15 @@ def run_check(
     progress: bool = True,
     on_stage: Callable[[str], None] | None = None,
     engine: Engine | None = None,
+    crop_boxes: Path | None = None,
 ) -> CheckResult:
     """Everything but the writing of outputs and of the verdict (see :func:`record_verdict`).
 
     ``engine``: a distributed :class:`drift.cohort.engine.Engine` (``--scheduler``) runs the
     segmentation and measuring tasks on its cluster; None runs them in this process.
+    ``crop_boxes``: a JSON list of box files per image (``--crop-boxes``,
+    :func:`drift.cohort.sct_pipeline.read_crop_box_map`) replacing the ground-truth crop boxes
+    of cropped SCT models, for both versions.
     """
     from drift.cohort.manifest import load_cohort
     from drift.cohort.roots import ensure_root
@@ -156,6 +160,11 @@ def run_check(
         raise InputError(f"--device must be auto, cpu or cuda, not {device!r}")
     policy: Policy = load_policy(policy_path)
     cohort = load_cohort(cohort_ref)
+    boxes = None
+    if crop_boxes is not None:
+        from drift.cohort.sct_pipeline import read_crop_box_map
+
+        boxes = read_crop_box_map(crop_boxes, {f"{i.subject}/{i.contrast}" for i in cohort.items})
     reg = connect(registry_uri)
     candidate = reg.resolve(candidate_ref)
     baseline = reg.resolve(baseline_ref)
@@ -190,6 +199,7 @@ def run_check(
             progress=progress,
             provenance=provenance | {"model": info.ref, "role": role},
             engine=engine,
+            crop_boxes=boxes,
         )
     base_t, cand_t = measured["baseline"].table, measured["candidate"].table
     if base_t.empty or cand_t.empty:
@@ -207,9 +217,14 @@ def run_check(
         provenance=provenance
         | {
             "command": "cordwatch drift check",
-            "baseline": version_provenance(baseline),
-            "candidate": version_provenance(candidate),
+            # each version with the pipeline that segmented it (orientation, crop box source,
+            # paddings; None: nnU-Net on the image as stored)
+            "baseline": version_provenance(baseline)
+            | {"inference": measured["baseline"].inference},
+            "candidate": version_provenance(candidate)
+            | {"inference": measured["candidate"].inference},
             "identical_weights": identical,
+            "crop_boxes": None if boxes is None else {k: str(v) for k, v in boxes.items()},
             "failures": {role: m.failures for role, m in measured.items()},
         },
     )

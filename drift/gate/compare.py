@@ -54,19 +54,20 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from drift.gate.stats import (
     bland_altman,
     bootstrap_mean_ci,
+    bootstrap_mean_cis,
     icc_a1,
     robust_outliers,
+    t_ppf,
     tost_pvalue,
     wilcoxon_pvalue,
     wilcoxon_pvalues,
@@ -178,23 +179,91 @@ def _valid(x: pd.Series) -> pd.Series:
     return np.isfinite(x) & (x > 0)
 
 
+def _row_keys(left: pd.DataFrame, right: pd.DataFrame, keys: Sequence[str]) -> tuple[Any, Any]:
+    """One int64 per row standing for its ``keys`` values, comparable between the two
+    tables (string columns factorised together, integers offset), or None when the
+    columns do not fit in one int64 (then the caller merges with pandas)."""
+    kl = np.zeros(len(left), dtype=np.int64)
+    kr = np.zeros(len(right), dtype=np.int64)
+    span = 1
+    for k in keys:
+        a, b = left[k], right[k]
+        if a.dtype.kind in "iu" and b.dtype.kind in "iu":
+            va, vb = a.to_numpy(dtype=np.int64), b.to_numpy(dtype=np.int64)
+            lo = min(va.min(initial=0), vb.min(initial=0))
+            va, vb = va - lo, vb - lo
+            width = int(max(va.max(initial=0), vb.max(initial=0))) + 1
+        else:
+            codes, uniques = pd.factorize(pd.concat([a, b], ignore_index=True))
+            if (codes < 0).any():
+                return None, None  # a missing key: pandas decides how it pairs
+            va, vb = codes[: len(a)], codes[len(a) :]
+            width = max(len(uniques), 1)
+        span *= width
+        if span >= 2**62:
+            return None, None
+        kl = kl * width + va
+        kr = kr * width + vb
+    return kl, kr
+
+
+def _inner_pairs(
+    left: pd.DataFrame, right: pd.DataFrame, keys: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Row positions ``(i_left, i_right)`` of an inner join on ``keys`` in the order of
+    ``left.merge(right, on=keys, how="inner")`` (the left rows' order), or None when the
+    keys are not unique on the right (or do not fit): then merge with pandas."""
+    kl, kr = _row_keys(left, right, keys)
+    if kl is None or kr is None:
+        return None
+    order = np.argsort(kr, kind="stable")
+    sorted_r = kr[order]
+    if sorted_r.size > 1 and bool((sorted_r[1:] == sorted_r[:-1]).any()):
+        return None
+    pos = np.searchsorted(sorted_r, kl)
+    hit = pos < sorted_r.size
+    hit[hit] = sorted_r[pos[hit]] == kl[hit]
+    return np.flatnonzero(hit), order[pos[hit]]
+
+
+def _paired_values(
+    left: pd.DataFrame, right: pd.DataFrame, keys: Sequence[str], cols: Sequence[str]
+) -> Iterator[tuple[str, pd.DataFrame, np.ndarray, np.ndarray]]:
+    """Inner join of ``left`` and ``right`` on ``keys``, in ``left.merge(right)``'s row order:
+    per column of ``cols`` the ``(column, key rows, left values, right values)`` of the rows
+    where both values are finite and > 0 (values as floats, unreadable ones NaN)."""
+    hits = _inner_pairs(left, right, keys)
+    if hits is None:
+        merged = left[[*keys, *cols]].merge(
+            right[[*keys, *cols]], on=list(keys), how="inner", suffixes=("@b", "@c")
+        )
+        key_rows = merged[list(keys)]
+        pairs = {m: (merged[f"{m}@b"], merged[f"{m}@c"]) for m in cols}
+    else:
+        il, ir = hits
+        key_rows = left[list(keys)].take(il).reset_index(drop=True)
+        pairs = {m: (left[m].take(il), right[m].take(ir)) for m in cols}
+    for m in cols:
+        vl, vr = (
+            pd.to_numeric(v, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            for v in pairs[m]
+        )
+        ok = _valid(vl) & _valid(vr)
+        yield m, key_rows[ok], vl[ok], vr[ok]
+
+
 def paired_level_means(
     baseline_means: pd.DataFrame, candidate_means: pd.DataFrame, metrics: Sequence[str]
 ) -> pd.DataFrame:
     """Long table of paired level means: one row per (metric, subject, contrast, level) where
     both versions have a finite, positive value; columns ``metric, subject, contrast, level,
     baseline, candidate, log_ratio``."""
-    merged = baseline_means.merge(
-        candidate_means, on=list(KEYS), how="inner", suffixes=("@b", "@c")
-    )
     parts = []
-    for m in metrics:
-        b, c = merged[f"{m}@b"], merged[f"{m}@c"]
-        ok = _valid(b) & _valid(c)
-        part = merged.loc[ok, list(KEYS)].copy()
+    for m, rows, b, c in _paired_values(baseline_means, candidate_means, KEYS, metrics):
+        part = rows.copy()
         part.insert(0, "metric", m)
-        part["baseline"] = b[ok].to_numpy()
-        part["candidate"] = c[ok].to_numpy()
+        part["baseline"] = b
+        part["candidate"] = c
         parts.append(part)
     out = pd.concat(parts, ignore_index=True) if parts else _empty_pairs()
     out["log_ratio"] = np.log(out["candidate"] / out["baseline"])
@@ -232,17 +301,11 @@ def paired_slices(
     if "slice" not in baseline.columns or "slice" not in candidate.columns:
         return pd.DataFrame(columns=["metric", *SLICE_KEYS, "ratio"])
     cols = [m for m in metrics if m in baseline.columns and m in candidate.columns]
-    b = baseline[[*SLICE_KEYS, *cols]]
-    c = candidate[[*SLICE_KEYS, *cols]]
-    merged = b.merge(c, on=list(SLICE_KEYS), how="inner", suffixes=("@b", "@c"))
     parts = []
-    for m in cols:
-        vb = pd.to_numeric(merged[f"{m}@b"], errors="coerce").astype(float)
-        vc = pd.to_numeric(merged[f"{m}@c"], errors="coerce").astype(float)
-        ok = _valid(vb) & _valid(vc)
-        part = merged.loc[ok, list(SLICE_KEYS)].copy()
+    for m, rows, b, c in _paired_values(baseline, candidate, SLICE_KEYS, cols):
+        part = rows.copy()
         part.insert(0, "metric", m)
-        part["ratio"] = (vc[ok] / vb[ok]).to_numpy()
+        part["ratio"] = c / b
         parts.append(part)
     if not parts:
         return pd.DataFrame(columns=["metric", *SLICE_KEYS, "ratio"])
@@ -292,19 +355,21 @@ def paired_stats(
     n_boot: int = 2000,
     seed: int | Sequence[int] = 0,
     wilcoxon_p: float | None = None,
+    ci95_log: tuple[float, float] | None = None,
 ) -> dict[str, float]:
     """All paired statistics of one group of subject rows (columns ``baseline``,
     ``candidate``, ``log_ratio``): scaling factor and CI, TOST, Wilcoxon, Bland-Altman, ICC.
-    ``wilcoxon_p``: the group's Wilcoxon p-value when already computed (see
-    :func:`wilcoxon_pvalues`)."""
+    ``wilcoxon_p`` / ``ci95_log``: the group's Wilcoxon p-value / bootstrap CI of the mean
+    log-ratio when already computed for many groups at once (:func:`wilcoxon_pvalues`,
+    :func:`bootstrap_mean_cis` with this ``seed``)."""
     d = subj["log_ratio"].to_numpy(dtype=float)
     n = d.size
     mean = float(d.mean()) if n else math.nan
     sd = float(d.std(ddof=1)) if n > 1 else math.nan
     se = sd / math.sqrt(n) if n > 1 else math.nan
-    lo, hi = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed)
+    lo, hi = bootstrap_mean_ci(d, n_boot=n_boot, seed=seed) if ci95_log is None else ci95_log
     if n > 1:
-        half = float(stats.t.ppf(1.0 - alpha, n - 1)) * se
+        half = t_ppf(1.0 - alpha, n - 1) * se
         ci90 = (math.exp(mean - half), math.exp(mean + half))
     else:
         ci90 = (math.nan, math.nan)
@@ -334,6 +399,44 @@ def paired_stats(
         "baseline_mean": float(b.mean()) if n else math.nan,
         "candidate_mean": float(c.mean()) if n else math.nan,
     }
+
+
+def grouped_paired_stats(
+    frame: pd.DataFrame,
+    by: Sequence[str],
+    *,
+    margins: Mapping[str, float],
+    alpha: float,
+    n_boot: int,
+    seed: int,
+    sort: bool,
+) -> list[dict[str, Any]]:
+    """:func:`paired_stats` of every ``by`` group of subject rows (``by`` starts with
+    ``metric``; the group's seed is :func:`_seed_for` of its key), one row dict per group
+    with the key columns first (``level`` as int). The Wilcoxon tests and the bootstrap
+    percentiles of all groups are computed together (same numbers as group by group)."""
+    groups = list(frame.groupby(list(by), sort=sort, observed=True))
+    logs = [g["log_ratio"].to_numpy(dtype=float) for _, g in groups]
+    seeds = [_seed_for(seed, *key) for key, _ in groups]
+    wilcoxon_ps = wilcoxon_pvalues(logs)
+    cis = bootstrap_mean_cis(logs, seeds, n_boot=n_boot)
+    rows = []
+    for (key, grp), s, wp, ci in zip(groups, seeds, wilcoxon_ps, cis, strict=True):
+        row: dict[str, Any] = dict(zip(by, key, strict=True))
+        row["level"] = int(row["level"])
+        row.update(
+            paired_stats(
+                grp,
+                margin=margins.get(str(key[0])),
+                alpha=alpha,
+                n_boot=n_boot,
+                seed=s,
+                wilcoxon_p=wp,
+                ci95_log=ci,
+            )
+        )
+        rows.append(row)
+    return rows
 
 
 def slicewise_ratios(slices: pd.DataFrame, by: Sequence[str] = ("metric", "level")) -> pd.DataFrame:
@@ -528,22 +631,10 @@ def _per_contrast_stats(
         out = levels.loc[levels["n_subjects"] > 0, cols].copy()
         out.insert(1, "contrast", str(contrasts[0]))
     else:
-        rows = []
-        groups = list(pairs.groupby(["metric", "contrast", "level"], sort=True, observed=True))
-        wilcoxon_ps = wilcoxon_pvalues([g["log_ratio"].to_numpy(dtype=float) for _, g in groups])
-        for ((metric, contrast, level), grp), wilcoxon_p in zip(groups, wilcoxon_ps, strict=True):
-            row = {"metric": metric, "contrast": contrast, "level": int(level)}
-            row.update(
-                paired_stats(
-                    grp,
-                    margin=margins.get(metric),
-                    alpha=alpha,
-                    n_boot=n_boot,
-                    seed=_seed_for(seed, metric, contrast, level),
-                    wilcoxon_p=wilcoxon_p,
-                )
-            )
-            rows.append(row)
+        by = ("metric", "contrast", "level")
+        rows = grouped_paired_stats(
+            pairs, by, margins=margins, alpha=alpha, n_boot=n_boot, seed=seed, sort=True
+        )
         out = pd.DataFrame(rows, columns=["metric", "contrast", "level", *_PAIRED_STAT_COLUMNS])
     out = out.reset_index(drop=True)
     out.insert(3, "level_name", out["level"].map(level_name))
@@ -584,6 +675,9 @@ class Comparison:
     dice: pd.DataFrame | None
     subject_sets: dict[str, list[str]]
     settings: dict[str, Any] = field(default_factory=dict)
+    _row_of: dict[tuple[str, int], int] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def metrics(self) -> list[str]:
@@ -592,8 +686,19 @@ class Comparison:
 
     def level_row(self, metric: str, level: int) -> pd.Series | None:
         """The ``levels`` row of one (metric, level), or None."""
-        hit = self.levels[(self.levels["metric"] == metric) & (self.levels["level"] == level)]
-        return None if hit.empty else hit.iloc[0]
+        lv = self.levels
+        if len(self._row_of) != len(lv):  # built once (the gate asks for every gated level)
+            keys = zip(lv["metric"].tolist(), lv["level"].tolist(), strict=True)
+            self._row_of = {(str(m), int(lev)): i for i, (m, lev) in enumerate(keys)}
+        i = self._row_of.get((metric, int(level)))
+        if i is None:
+            return None
+        row = lv.iloc[i]
+        if row["metric"] != metric or row["level"] != level:  # levels was replaced: look again
+            self._row_of = {}
+            hit = lv[(lv["metric"] == metric) & (lv["level"] == level)]
+            return None if hit.empty else hit.iloc[0]
+        return row
 
 
 def compare_tables(
@@ -654,22 +759,15 @@ def compare_tables(
         {"n_baseline": gb.size(), "n_baseline_subjects": gb["subject"].nunique()}
     )
 
-    level_rows = []
-    groups = list(subj.groupby(["metric", "level"], sort=False, observed=True))
-    wilcoxon_ps = wilcoxon_pvalues([g["log_ratio"].to_numpy(dtype=float) for _, g in groups])
-    for ((metric, level), grp), wilcoxon_p in zip(groups, wilcoxon_ps, strict=True):
-        row = {"metric": metric, "level": int(level)}
-        row.update(
-            paired_stats(
-                grp,
-                margin=margins.get(metric),
-                alpha=alpha,
-                n_boot=n_boot,
-                seed=_seed_for(seed, metric, level),
-                wilcoxon_p=wilcoxon_p,
-            )
-        )
-        level_rows.append(row)
+    level_rows = grouped_paired_stats(
+        subj,
+        ("metric", "level"),
+        margins=margins,
+        alpha=alpha,
+        n_boot=n_boot,
+        seed=seed,
+        sort=False,
+    )
     levels = pd.DataFrame(level_rows, columns=["metric", "level", *_PAIRED_STAT_COLUMNS])
     n_pairs = pairs.groupby(["metric", "level"], observed=True).size().rename("n_pairs")
     levels = (

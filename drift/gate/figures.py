@@ -31,6 +31,8 @@ VERSION_COLOUR = {"baseline": "#1f77b4", "candidate": "#d62728"}
 DPI = 90
 #: Relative differences below this are floating-point noise, not drift.
 FP_RTOL = 1e-9
+#: Tick steps a reader reads at a glance (0.99, 1.00, 1.01; never 0.975, 0.990, 1.005).
+NICE_STEPS = [1, 2, 5, 10]
 
 
 def _label(metric: str) -> str:
@@ -152,50 +154,97 @@ def _legend_handles(entries: Sequence[tuple[str, dict[str, Any]]]) -> list[Any]:
     return out
 
 
+def _slot_titles(ax: Any, centres: Sequence[float], titles: Sequence[str], size: float) -> None:
+    """One title per slot of a one-axes figure, above the data (x in data units)."""
+    for x, text in zip(centres, titles, strict=True):
+        ax.text(
+            x,
+            1.015,
+            text,
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=size,
+        )
+
+
+def _slot_separators(ax: Any, edges: Sequence[float]) -> None:
+    if len(edges):
+        ax.vlines(edges, 0, 1, transform=ax.get_xaxis_transform(), color="#9e9e9e", lw=0.8)
+
+
 def figure_scaling_levels(result: DriftResult) -> Figure:
     """Scaling factor (unitless: candidate / baseline) per level and metric with its 95 % CI,
-    coloured by gate status, over the policy's margin bands (green ±warn, amber ±fail, dashed
-    red the fail limits). The legend sits below the panels, over no data."""
+    coloured by gate status, over each metric's margin bands (green ±warn, amber ±fail, dashed
+    red the fail limits): one axes, one slot per metric (its margins named above it), so that
+    the metrics share the unitless scale. The legend sits below, over no data."""
     comp = result.comparison
     metrics = comp.metrics
-    width = 3.3 * len(metrics) + 0.9
-    fig = _figure(width, 3.5, left=1.0, bottom=1.15, top=0.35, wspace=0.3)
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    levels = comp.levels[comp.levels["n_subjects"] > 0]
+    per_metric = [levels[levels["metric"] == m] for m in metrics]
+    sizes = [len(lv) for lv in per_metric]
+    width = min(max(0.42 * sum(sizes) + 0.9 * len(metrics) + 1.6, 6.0), 14.0)
+    fig = _figure(width, 3.6, left=1.0, bottom=1.05, top=0.4)
+    ax = fig.subplots()
+    x_all, sf_all, lo_all, hi_all, colours, names = [], [], [], [], [], []
+    centres, titles, separators = [], [], []
     seen: set[str | None] = set()
-    for ax, metric in zip(axes, metrics, strict=True):
-        lv = comp.levels[(comp.levels["metric"] == metric) & (comp.levels["n_subjects"] > 0)]
-        x = np.arange(len(lv))
-        sf = lv["scaling_factor"].to_numpy(float)
-        lo, hi = lv["ci95_low"].to_numpy(float), lv["ci95_high"].to_numpy(float)
-        status = np.array(
-            [result.gate.status_of(metric, n) or "none" for n in lv["level_name"]], dtype=object
-        )
+    start = 0.0
+    band_x: dict[str, list[float]] = {"fail": [], "warn": []}
+    band_y: dict[str, list[float]] = {"fail": [], "warn": []}
+    fail_lines: tuple[list[float], list[float], list[float]] = ([], [], [])
+    for metric, lv, size in zip(metrics, per_metric, sizes, strict=True):
+        x = start + np.arange(size, dtype=float)
+        lo_edge, hi_edge = start - 0.5, start + max(size, 1) - 0.5
         fail, warn = _margins(result, metric)
-        _bands(ax, fail, warn)
-        for st in ("pass", "warn", "fail", "none"):
-            mask = status == st
-            if mask.any():
-                seen.add(None if st == "none" else st)
-                ax.errorbar(
-                    x[mask],
-                    sf[mask],
-                    yerr=[sf[mask] - lo[mask], hi[mask] - sf[mask]],
-                    fmt="o",
-                    color=STATUS_COLOUR[None if st == "none" else st],
-                    ms=5,
-                    capsize=3,
-                    zorder=3,
-                )
-        ax.set_xticks(x, lv["level_name"].tolist())
-        _title(ax, f"{metric}: {_margin_text(fail, warn)}", fontsize=10)
-        ax.set_xlabel("vertebral level")
-        span = (fail or 1) / 100 * 1.5
-        ymin = np.nanmin(np.r_[lo, 1 - span]) if lo.size else 1 - span
-        ymax = np.nanmax(np.r_[hi, 1 + span]) if hi.size else 1 + span
-        pad = 0.1 * (ymax - ymin)
-        ax.set_ylim(ymin - pad, ymax + pad)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("scaling factor (unitless)\ncandidate / baseline, 95 % CI")
+        for kind, pct in (("fail", fail), ("warn", warn)):
+            if pct is not None:
+                band_x[kind] += [lo_edge, hi_edge, np.nan]
+                band_y[kind] += [pct / 100] * 3
+        if fail is not None:
+            for y in (1 - fail / 100, 1 + fail / 100):
+                fail_lines[0].append(y)
+                fail_lines[1].append(lo_edge)
+                fail_lines[2].append(hi_edge)
+        status = [result.gate.status_of(metric, n) for n in lv["level_name"]]
+        seen.update(status)
+        x_all.append(x)
+        sf_all.append(lv["scaling_factor"].to_numpy(float))
+        lo_all.append(lv["ci95_low"].to_numpy(float))
+        hi_all.append(lv["ci95_high"].to_numpy(float))
+        colours += [STATUS_COLOUR[st] for st in status]
+        names += lv["level_name"].tolist()
+        centres.append((lo_edge + hi_edge) / 2)
+        titles.append(f"{metric}: {_margin_text(fail, warn)}")
+        separators.append(hi_edge)
+        start += max(size, 1)
+    for kind, colour in (("fail", "#ffe0b2"), ("warn", "#c8e6c9")):
+        if band_x[kind]:
+            bx, half = np.array(band_x[kind]), np.array(band_y[kind])
+            ax.fill_between(bx, 1 - half, 1 + half, color=colour, zorder=0, lw=0)
+    if fail_lines[0]:
+        ax.hlines(*fail_lines, color="#c62828", lw=0.8, ls="--", zorder=1)
+    ax.axhline(1.0, color="black", lw=0.6, zorder=1)
+    x = np.concatenate(x_all) if x_all else np.zeros(0)
+    sf = np.concatenate(sf_all) if sf_all else np.zeros(0)
+    lo = np.concatenate(lo_all) if lo_all else np.zeros(0)
+    hi = np.concatenate(hi_all) if hi_all else np.zeros(0)
+    if x.size:
+        ax.vlines(x, lo, hi, colors=colours, lw=1.2, zorder=2)
+        ax.scatter(x, sf, c=colours, s=26, zorder=3, lw=0)
+    _slot_separators(ax, separators[:-1])
+    _slot_titles(ax, centres, titles, 9)
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_xlim(-0.5, start - 0.5)
+    ax.set_xlabel("vertebral level, per metric")
+    widest = max((_margins(result, m)[0] or 1) for m in metrics) / 100 * 1.5 if metrics else 0.015
+    ymin = float(np.nanmin(np.r_[lo, 1 - widest]))
+    ymax = float(np.nanmax(np.r_[hi, 1 + widest]))
+    pad = 0.08 * (ymax - ymin)
+    ax.set_ylim(ymin - pad, ymax + pad)
+    ax.yaxis.set_major_locator(MaxNLocator(6, steps=NICE_STEPS))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_ylabel("scaling factor (unitless)\ncandidate / baseline, 95 % CI")
     entries: list[tuple[str, dict[str, Any]]] = [
         (st or "not gated", {"kind": "marker", "color": STATUS_COLOUR[st]})
         for st in ("pass", "warn", "fail", None)
@@ -207,7 +256,7 @@ def figure_scaling_levels(result: DriftResult) -> Figure:
         ("fail margin", {"kind": "line", "color": "#c62828", "ls": "--", "lw": 0.8}),
     ]
     fig.legend(
-        handles=_legend_handles(entries), loc="lower center", ncols=4, fontsize=8, frameon=False
+        handles=_legend_handles(entries), loc="lower center", ncols=7, fontsize=8, frameon=False
     )
     return fig
 
@@ -219,9 +268,9 @@ def figure_slice_profile(result: DriftResult) -> Figure:
     comp = result.comparison
     metrics = comp.metrics
     height = 1.9 * len(metrics) + 1.2
-    fig = _figure(9.0, height, top=0.75, bottom=0.6, left=0.8, hspace=0.25)
+    fig = _figure(9.0, height, top=0.75, bottom=0.6, left=1.05, hspace=0.25)
     axes = fig.subplots(len(metrics), 1, squeeze=False, sharex=True)[:, 0]
-    for ax, metric in zip(axes, metrics, strict=True):
+    for row, (ax, metric) in enumerate(zip(axes, metrics, strict=True)):
         prof = comp.slice_profile[comp.slice_profile["metric"] == metric].sort_values("slice")
         # Slices seen in too few subjects are noise, not a profile.
         prof = prof[prof["n"] >= result.policy.min_subjects]
@@ -230,7 +279,7 @@ def figure_slice_profile(result: DriftResult) -> Figure:
             ax.axhline(1 - fail / 100, color="#c62828", lw=0.8, ls="--")
             ax.axhline(1 + fail / 100, color="#c62828", lw=0.8, ls="--")
         ax.axhline(1.0, color="black", lw=0.6)
-        ax.set_ylabel(f"{metric}\nscaling factor (unitless)", fontsize=9)
+        ax.set_ylabel(f"{metric}\nscaling factor (unitless)", fontsize=8)
         if prof.empty:
             ax.text(0.5, 0.5, "no slice-wise data", ha="center", transform=ax.transAxes)
             continue
@@ -248,6 +297,10 @@ def figure_slice_profile(result: DriftResult) -> Figure:
             lw=0.6,
             ls=":",
         )
+        ax.yaxis.set_major_locator(MaxNLocator(4, steps=NICE_STEPS))
+        if row:  # the level names once, above the top panel (the boundaries are on every panel)
+            ax.grid(axis="y", alpha=0.3)
+            continue
         starts, ends = np.r_[0, change + 1], np.r_[change, len(s) - 1]
         for a, b in zip(starts, ends, strict=True):
             ax.text(
@@ -261,8 +314,8 @@ def figure_slice_profile(result: DriftResult) -> Figure:
             )
         ax.grid(axis="y", alpha=0.3)
     axes[-1].set_xlabel(
-        f"slice (PAM50 index when normalised; rostral on the left; slices with at least "
-        f"{result.policy.min_subjects} subjects)"
+        f"slice (PAM50 index when normalised; rostral on the left; slices with "
+        f"\u2265 {result.policy.min_subjects} subjects)"
     )
     axes[-1].invert_xaxis()
     entries = [
@@ -364,39 +417,53 @@ def figure_by_contrast(
     *,
     min_subjects: int = 3,
 ) -> Figure:
-    """The metric per level per contrast for both versions, one panel per contrast (levels
-    where the baseline has at least ``min_subjects`` subjects): the median of the subjects'
-    level means (dot), their interquartile range (thick bar) and range (thin bar), baseline
-    and candidate side by side."""
+    """The metric per level per contrast for both versions, one slot per contrast on one axes
+    (levels where the baseline has at least ``min_subjects`` subjects): the median of the
+    subjects' level means (dot), their interquartile range (thick bar) and range (thin bar),
+    baseline and candidate side by side."""
     means = {
         "baseline": level_means(baseline_table, [metric]),
         "candidate": level_means(candidate_table, [metric]),
     }
-    contrasts = sorted(set(means["baseline"]["contrast"]) | set(means["candidate"]["contrast"]))
-    n = max(len(contrasts), 1)
-    fig = _figure(min(3.6 * n + 0.9, 14), 3.2, left=0.9, bottom=0.75, top=0.35, wspace=0.08)
-    axes = fig.subplots(1, n, squeeze=False, sharey=True)[0]
-    for ax, contrast in zip(axes, contrasts, strict=False):
-        b = means["baseline"]
-        b = b[(b["contrast"] == contrast) & np.isfinite(b[metric])]
-        counts = b.groupby("level")["subject"].nunique()
-        levels = sorted(int(v) for v in counts.index[counts >= min_subjects])
-        pos = {lev: i for i, lev in enumerate(levels)}
-        for k, version in enumerate(("baseline", "candidate")):
-            m = means[version]
-            m = m[(m["contrast"] == contrast) & np.isfinite(m[metric]) & m["level"].isin(levels)]
-            if m.empty:
-                continue
-            q = m.groupby("level")[metric].quantile([0.0, 0.25, 0.5, 0.75, 1.0]).unstack()
-            x = np.array([pos[int(lev)] for lev in q.index]) + (k - 0.5) * 0.3
-            colour = VERSION_COLOUR[version]
-            ax.vlines(x, q[0.0], q[1.0], color=colour, lw=1)
-            ax.vlines(x, q[0.25], q[0.75], color=colour, lw=5, alpha=0.6)
-            ax.plot(x, q[0.5], "o", color="black", ms=3, ls="none")
-        ax.set_xticks(np.arange(len(levels)), [level_name(lev) for lev in levels], fontsize=8)
-        _title(ax, contrast, fontsize=10)
-        ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel(_label(metric) + "\nsubject level means")
+    b = means["baseline"][np.isfinite(means["baseline"][metric])]
+    counts = b.groupby(["contrast", "level"])["subject"].nunique()
+    kept = counts[counts >= min_subjects].index  # (contrast, level) pairs, sorted
+    contrasts = sorted({c for c, _ in kept})
+    position: dict[tuple[str, int], float] = {}
+    centres, separators = [], []
+    start = 0.0
+    for contrast in contrasts:
+        lv = [int(level) for c, level in kept if c == contrast]
+        position.update({(contrast, lev): start + i for i, lev in enumerate(lv)})
+        centres.append(start + (len(lv) - 1) / 2)
+        separators.append(start + len(lv) - 0.5)
+        start += len(lv)
+    width = min(max(0.45 * len(position) + 1.8, 6.0), 14.0)
+    fig = _figure(width, 3.3, left=0.9, bottom=0.75, top=0.4)
+    ax = fig.subplots()
+    for k, version in enumerate(("baseline", "candidate")):
+        m = means[version]
+        m = m[np.isfinite(m[metric])]
+        keys = pd.MultiIndex.from_arrays([m["contrast"], m["level"].astype(int)])
+        m = m[keys.isin(kept)]
+        if m.empty:
+            continue
+        q = m.groupby(["contrast", "level"])[metric].quantile([0.0, 0.25, 0.5, 0.75, 1.0])
+        q = q.unstack()
+        x = np.array([position[(c, int(lev))] for c, lev in q.index]) + (k - 0.5) * 0.3
+        colour = VERSION_COLOUR[version]
+        ax.vlines(x, q[0.0], q[1.0], color=colour, lw=1)
+        ax.vlines(x, q[0.25], q[0.75], color=colour, lw=5, alpha=0.6)
+        ax.plot(x, q[0.5], "o", color="black", ms=3, ls="none")
+    ticks = sorted(position.items(), key=lambda kv: kv[1])
+    ax.set_xticks([x for _, x in ticks], [level_name(lev) for (_, lev), _ in ticks], fontsize=8)
+    ax.set_xlim(-0.5, max(start, 1) - 0.5)
+    _slot_separators(ax, separators[:-1])
+    _slot_titles(ax, centres, contrasts, 10)
+    ax.yaxis.set_major_locator(MaxNLocator(6))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_xlabel("vertebral level, per contrast")
+    ax.set_ylabel(_label(metric) + "\nsubject level means")
     entries = [
         (v, {"kind": "line", "color": c, "lw": 5, "alpha": 0.6}) for v, c in VERSION_COLOUR.items()
     ]
@@ -452,5 +519,8 @@ def figure_history(
 def figure_png(fig: Figure) -> bytes:
     """PNG bytes of a figure (Agg)."""
     buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf, metadata={"Software": None})
+    # zlib level 1: a third of the encoding time of the default 6, files a few % larger.
+    FigureCanvasAgg(fig).print_png(
+        buf, metadata={"Software": None}, pil_kwargs={"compress_level": 1}
+    )
     return buf.getvalue()

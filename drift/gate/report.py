@@ -203,10 +203,50 @@ def version_refs(prov: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "sha256": str(d.get("sha256") or ""),
                 "registered_by": str(d.get("registered_by") or ""),
                 "registered": _short_time(d.get("created")),
-                "description": str(d.get("description") or ""),
+                "description": plain_description(d.get("description")),
             }
         )
     return out
+
+
+_MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+
+
+def plain_description(text: Any) -> str:
+    """A version description as plain text: the Markdown that cordwatch writes into MLflow
+    descriptions for its UI (``**PASS**``, ``[drift run ...](#/...)``) without its markup.
+
+    >>> plain_description("demo cordwatch drift: **PASS** against m/1 ([drift run ab12](#/x))")
+    'demo cordwatch drift: PASS against m/1 (drift run ab12)'
+    """
+    flat = " ".join(str(text or "").split())
+    return _MD_LINK.sub(r"\1", flat).replace("**", "")
+
+
+def _levels_summary(conds: Sequence[Any]) -> str:
+    """``area at C2, C3 (scaling 1.029-1.036); diameter_AP at C2``: conditions by metric."""
+    by_metric: dict[str, list[Any]] = {}
+    for c in conds:
+        key = str(c.metric) if c.test == "equivalence" else f"{c.metric or ''} {c.test}".strip()
+        by_metric.setdefault(key, []).append(c)
+    parts = []
+    for metric, group in by_metric.items():
+        if not any(c.level for c in group):
+            parts.append(group[0].description)
+            continue
+        levels = ", ".join(str(c.level) for c in group if c.level)
+        factors = [
+            float(c.actual["scaling_factor"])
+            for c in group
+            if isinstance(c.actual.get("scaling_factor"), int | float)
+            and np.isfinite(c.actual["scaling_factor"])
+        ]
+        span = ""
+        if factors:
+            lo, hi = min(factors), max(factors)
+            span = f" (scaling {lo:.4f})" if lo == hi else f" (scaling {lo:.4f}-{hi:.4f})"
+        parts.append(f"{metric} at {levels}{span}")
+    return "; ".join(parts)
 
 
 def identical_weights(prov: Mapping[str, Any]) -> bool:
@@ -247,11 +287,15 @@ def next_step(result: DriftResult, candidate_ref: str) -> dict[str, Any]:
             f"{' or '.join(allowed)} (policy key promotable)"
         )
         shown = warning
-    first = "; ".join(c.description for c in shown[:2]) + ("; ..." if len(shown) > 2 else "")
+    # One condition in full; several summarised by metric (every level named, the factors'
+    # range), so that the decision fits the first screen whatever the number of conditions.
+    first = shown[0].description if len(shown) == 1 else _levels_summary(shown)
     cmd = f'cordwatch models promote {candidate_ref} --force --reason "..."' if registry_ref else ""
+    # The override is named as one (recorded in the alias history), never as the next step.
+    override = ". Override only with a recorded reason" if cmd else ""
     return {
         "promotable": False,
-        "text": f"not promotable because {why}: {first}",
+        "text": f"not promotable because {why}: {first}{override}",
         "command": cmd,
         "exit": "exit code 1 (gate failed)" if verdict == "fail" else "exit code 0 (not failed)",
     }
@@ -517,7 +561,7 @@ def figure_timings(
     candidate_table: pd.DataFrame,
     history: pd.DataFrame | None = None,
 ) -> dict[str, float]:
-    """Seconds to build and encode each figure of :func:`render_figures` (benchmarks)."""
+    """CPU seconds to build and encode each figure of :func:`render_figures` (benchmarks)."""
     out = {}
     builders = _figure_builders(
         result, baseline_table=baseline_table, candidate_table=candidate_table, history=history
@@ -525,9 +569,9 @@ def figure_timings(
     from drift.gate.figures import figure_png
 
     for key, build in builders.items():
-        start = time.perf_counter()
+        start = time.process_time()
         figure_png(build())
-        out[key] = time.perf_counter() - start
+        out[key] = time.process_time() - start
     return out
 
 

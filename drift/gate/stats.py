@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 _MAD_SCALE = 1.4826  # MAD -> SD for normal data
 _Z975 = 1.959963984540054
@@ -33,18 +33,57 @@ def bootstrap_mean_ci(
     >>> 1.0 <= lo < 2.5 < hi <= 4.0
     True
     """
-    x = np.asarray(values, dtype=float)
-    n = x.size
-    if n == 0:
-        return math.nan, math.nan
-    if n == 1:
-        return float(x[0]), float(x[0])
+    return bootstrap_mean_cis([values], [seed], n_boot=n_boot, cl=cl)[0]
+
+
+def _bootstrap_means(x: np.ndarray, n_boot: int, seed: int | Sequence[int]) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    means = x[idx].mean(axis=1)
-    tail = (1.0 - cl) / 2.0
-    lo, hi = np.quantile(means, [tail, 1.0 - tail])
-    return float(lo), float(hi)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    return np.take(x, idx).mean(axis=1)
+
+
+def bootstrap_mean_cis(
+    groups: Sequence[np.ndarray],
+    seeds: Sequence[int | Sequence[int]],
+    *,
+    n_boot: int = 2000,
+    cl: float = 0.95,
+) -> list[tuple[float, float]]:
+    """:func:`bootstrap_mean_ci` of many groups, each with its own seed (so a group's
+    interval does not depend on the others): the resample means of every group are
+    drawn from the group's generator, and the percentiles of all groups come from one
+    ``np.quantile`` along an axis (the same numbers, without its per-call overhead).
+
+    >>> g = [np.array([1.0, 2.0, 3.0, 4.0]), np.array([5.0]), np.array([]), np.arange(9.0)]
+    >>> bootstrap_mean_cis(g, [1, 2, 3, 4]) == [bootstrap_mean_ci(x, seed=s)
+    ...                                       for x, s in zip(g, [1, 2, 3, 4])]
+    True
+    """
+    out: list[tuple[float, float]] = []
+    rows: list[np.ndarray] = []
+    members: list[int] = []
+    for values, seed in zip(groups, seeds, strict=True):
+        x = np.asarray(values, dtype=float)
+        if x.size == 0:
+            out.append((math.nan, math.nan))
+        elif x.size == 1:
+            out.append((float(x[0]), float(x[0])))
+        else:
+            out.append((math.nan, math.nan))
+            members.append(len(out) - 1)
+            rows.append(_bootstrap_means(x, n_boot, seed))
+    if rows:
+        tail = (1.0 - cl) / 2.0
+        q = np.quantile(np.vstack(rows), [tail, 1.0 - tail], axis=1)
+        for j, i in enumerate(members):
+            out[i] = (float(q[0, j]), float(q[1, j]))
+    return out
+
+
+def t_ppf(q: float, df: float) -> float:
+    """``scipy.stats.t.ppf(q, df)`` for 0 < q < 1 and df > 0, without the distribution
+    machinery's per-call overhead (the same special function, the same number)."""
+    return float(special.stdtrit(df, q))
 
 
 def tost_pvalue(mean: float, se: float, df: float, margin: float) -> float:
@@ -67,8 +106,9 @@ def tost_pvalue(mean: float, se: float, df: float, margin: float) -> float:
     lo, hi = math.log(1.0 - margin), math.log(1.0 + margin)
     if se == 0:
         return 0.0 if lo < mean < hi else 1.0
-    p_lower = float(stats.t.sf((mean - lo) / se, df))
-    p_upper = float(stats.t.cdf((mean - hi) / se, df))
+    # scipy.stats.t.sf / .cdf evaluate exactly these (stdtr), with ~0.5 ms of overhead each.
+    p_lower = float(special.stdtr(df, -((mean - lo) / se)))
+    p_upper = float(special.stdtr(df, (mean - hi) / se))
     return max(p_lower, p_upper)
 
 

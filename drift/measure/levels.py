@@ -8,6 +8,7 @@ All functions are pure (arrays and tables in, tables out).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from functools import cache
 from importlib import resources
@@ -64,9 +65,13 @@ def slice_levels_from_labeled(labels: np.ndarray) -> np.ndarray:
     [3, 4, 0]
     """
     labels = np.asarray(labels)
-    nonzero = (labels != 0) & np.isfinite(labels)
-    count = nonzero.sum(axis=(0, 1))
-    total = np.where(nonzero, labels, 0).sum(axis=(0, 1), dtype=np.float64)
+    if labels.dtype.kind in "iub":  # integers: zeros add nothing, no NaN possible
+        count = np.count_nonzero(labels, axis=(0, 1))
+        total = labels.sum(axis=(0, 1), dtype=np.float64)
+    else:
+        nonzero = (labels != 0) & np.isfinite(labels)
+        count = nonzero.sum(axis=(0, 1))
+        total = np.where(nonzero, labels, 0).sum(axis=(0, 1), dtype=np.float64)
     mean = np.divide(total, count, out=np.zeros(labels.shape[2]), where=count > 0)
     return np.round(mean).astype(int)
 
@@ -96,7 +101,10 @@ def slice_levels_from_discs(
     disc voxel is projected onto the nearest point (in mm) of the segmentation's centerline;
     every centerline slice up to and including disc N's projection (counting from below,
     down to the next disc) is level N; slices below the lowest disc take its value, slices
-    above the highest disc N take N - 1; missing discs are not interpolated. Only slices of
+    above the highest disc N take N - 1; missing discs are not interpolated. As in SCT, every
+    label of the file is projected (landmarks above 25 too), and of two labels projected onto
+    the same centerline voxel only the one last in the file's voxel order is kept (on the
+    PAM50 template label 60 takes the place of disc 21 at the cord's lowest slice). Only slices of
     the centerline (the cord's extent) get a level. Without ``seg`` the discs are projected
     by their z alone and every slice of the volume gets a level. ``flips``: which RPI axes
     run the other way in the file (SCT truncates the centerline to voxels in the file's own
@@ -117,11 +125,17 @@ def slice_levels_from_discs(
     if interpolate_missing:
         return _levels_interpolated(discs)
     levels = np.zeros(nz, dtype=int)
-    coords = np.argwhere(discs)
+    # np.argwhere over the slices holding labels only (fast on F-ordered volumes too; the
+    # x, y, z order of the coordinates is the same).
+    label_z = np.flatnonzero(discs.any(axis=(0, 1)))
+    coords = np.argwhere(discs[:, :, label_z])
+    coords[:, 2] = label_z[coords[:, 2]]
     values = discs[tuple(coords.T)].astype(int)
-    keep = (values > 0) & (values <= MAX_DISC)
+    # With a segmentation every label takes part, as in SCT (a landmark such as PAM50's 60
+    # is projected too, and can take a disc's place, see below); without one, discs only.
+    keep = (values > 0) if seg is not None else (values > 0) & (values <= MAX_DISC)
     coords, values = coords[keep], values[keep]
-    if len(values) == 0:
+    if len(values) == 0 or not np.any(values <= MAX_DISC):
         return levels
     if seg is None:
         zref = np.arange(nz)
@@ -135,6 +149,14 @@ def slice_levels_from_discs(
         # project_centerline: nearest point of the (float) centerline, in mm.
         nearest = _nearest(coords.astype(float) @ a.T, line)
         projected = np.column_stack([np.round(x), np.round(y), zref])[nearest]
+        # SCT writes the projected labels into one image: two labels projected onto the same
+        # voxel leave the one written last, in the file's voxel order (np.argwhere there).
+        shape = np.asarray(discs.shape)
+        in_file = np.where(np.asarray(flips), shape - 1 - coords, coords)
+        written = np.lexsort(in_file.T[::-1])  # file C order: x, then y, then z
+        _, last = np.unique(projected[written[::-1]], axis=0, return_index=True)
+        survivors = np.sort(written[::-1][last])
+        coords, values, projected = coords[survivors], values[survivors], projected[survivors]
         # label_regions_from_reference: nearest point of the centerline truncated to voxels
         # (truncation in the file's orientation = ceil along the axes that are flipped).
         trunc = [np.ceil(v) if f else np.trunc(v) for v, f in zip((x, y), flips[:2], strict=True)]
@@ -213,17 +235,27 @@ def slice_list_text(slices: Iterable[int] | np.ndarray) -> str:
     return ";".join(str(a) if a == b else f"{a}:{b}" for a, b in runs)
 
 
-def _stats(values: pd.DataFrame, metrics: list[str]) -> dict[str, float]:
-    """SCT's func_wa / func_std / func_sum over the finite values (NaN where none is)."""
+def _stats(values: np.ndarray, metrics: list[str]) -> dict[str, float]:
+    """SCT's func_wa / func_std / func_sum over the finite values (NaN where none is);
+    ``values``: (slices, metrics)."""
     out: dict[str, float] = {}
-    for m in metrics:
-        col = values[m].to_numpy(dtype=float)
-        finite = col[np.isfinite(col)]
+    if len(values) == 1:  # one slice (per-slice rows): the value, STD 0.0; no reductions
+        for m, v in zip(metrics, values[0].tolist(), strict=True):
+            ok = math.isfinite(v)
+            if m == "length":
+                out["SUM(length)"] = v if ok else np.nan
+            else:
+                out[f"MEAN({m})"] = v if ok else np.nan
+                out[f"STD({m})"] = 0.0 if ok else np.nan
+        return out
+    finite = np.isfinite(values)
+    for k, m in enumerate(metrics):
+        col = values[finite[:, k], k]
         if m == "length":
-            out["SUM(length)"] = float(finite.sum()) if finite.size else np.nan
+            out["SUM(length)"] = float(col.sum()) if col.size else np.nan
             continue
-        out[f"MEAN({m})"] = float(finite.mean()) if finite.size else np.nan
-        out[f"STD({m})"] = float(finite.std()) if finite.size else np.nan
+        out[f"MEAN({m})"] = float(col.mean()) if col.size else np.nan
+        out[f"STD({m})"] = float(col.std()) if col.size else np.nan
     return out
 
 
@@ -303,7 +335,7 @@ def aggregate(
             row["DistancePMJ"] = round(float(d), 2) if np.isfinite(d) else None
         else:
             row["DistancePMJ"] = pmj_distance
-        row.update(_stats(pd.DataFrame(values[where], columns=metric_cols), metric_cols))
+        row.update(_stats(values[where], metric_cols))
         rows.append(row)
     columns = ["Slice (I->S)", "VertLevel", "DistancePMJ"]
     for m in metric_cols:

@@ -41,16 +41,22 @@ compare with SCT's and the literature's. ``angle_correction="sct"`` reproduces S
   pixel centres inside or on it), the hull taken as the polygon of 64 support lines.
 
 Everything is vectorised over slices (bincount moments, one labelling pass, one
-``map_coordinates`` call); the only Python loops run over the 64 hull directions.
+``map_coordinates`` call per chunk); the only Python loops run over chunks of slices (the
+upsampled shape metrics: 128 slices, each chunk cropped to its own bounding box, so the cost
+is linear in the number of slices) and the 64 hull directions.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
-from scipy import interpolate, ndimage
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# scipy.interpolate, scipy.ndimage and pandas are imported where they are used: importing
+# this module (for its constants, correction_factors, upsample_inplane) costs numpy only.
 
 AngleCorrection = Literal["exact", "sct", "none"]
 ANGLE_CORRECTIONS: tuple[str, ...] = ("exact", "sct", "none")
@@ -87,6 +93,8 @@ PIXEL_MM = 0.1  # SCT's in-plane resampling before the shape metrics ("pr")
 AP_BAND = 30  # SCT: the AP profile is averaged over 30 rows of 0.1 mm (3 mm RL)
 UPSAMPLE = 5  # default factor of upsample_inplane (0.5 mm -> 0.1 mm)
 _HULL_DIRECTIONS = 64
+_CHUNK = 64  # slices per chunk of the measured-AP sampling
+_SHAPE_CHUNK = 128  # slices per chunk of the shape metrics (upsampled in-plane)
 
 
 def correction_factors(tangent: np.ndarray, mode: AngleCorrection = "exact") -> np.ndarray:
@@ -123,6 +131,8 @@ def smoothed_centerline(
         x0 = np.full(len(zref), cx[0] if n else 0.0)
         y0 = np.full(len(zref), cy[0] if n else 0.0)
         return x0, y0, np.zeros(len(zref)), np.zeros(len(zref))
+    from scipy import interpolate
+
     degree = 3 if n > 3 else 1
     s = (n / len(zref)) ** 2 * smooth * pz / 3
     tck_x = interpolate.splrep(z, cx, s=s, k=degree)
@@ -154,14 +164,16 @@ def voxel_centerline(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SCT's ``get_centerline`` of a segmentation: (zref, x, y) in voxels, one point per slice
     from the lowest to the highest slice holding any non-zero voxel."""
-    ix, iy, iz = np.nonzero(np.asarray(seg) != 0)
-    if iz.size == 0:
+    # Axis sums, not np.nonzero: fast whatever the array's memory order (F from NIfTI).
+    mask = np.asarray(seg) != 0
+    per_x = mask.sum(axis=1)  # (nx, nz)
+    per_y = mask.sum(axis=0)  # (ny, nz)
+    counts = per_x.sum(axis=0)
+    if not counts.any():
         raise ValueError("the segmentation is empty: no centerline")
-    nz = np.asarray(seg).shape[2]
-    counts = np.bincount(iz, minlength=nz)
     z = np.flatnonzero(counts)
-    cx = np.bincount(iz, weights=ix, minlength=nz)[z] / counts[z]
-    cy = np.bincount(iz, weights=iy, minlength=nz)[z] / counts[z]
+    cx = (np.arange(mask.shape[0], dtype=float) @ per_x)[z] / counts[z]
+    cy = (np.arange(mask.shape[1], dtype=float) @ per_y)[z] / counts[z]
     zref = np.arange(z[0], z[-1] + 1)
     x, y, _, _ = smoothed_centerline(z.astype(float), cx, cy, zref.astype(float), pz, smooth)
     return zref, np.asarray(x), np.asarray(y)
@@ -229,12 +241,16 @@ def _upsample_to_pixel(volume: np.ndarray, px: float, py: float) -> tuple[np.nda
     fx, fy = px / PIXEL_MM, py / PIXEL_MM
     if abs(fx - round(fx)) < 1e-6 and abs(fy - round(fy)) < 1e-6 and fx >= 1 and fy >= 1:
         return upsample_inplane(volume, round(fx), round(fy)), float(round(fx)), float(round(fy))
+    from scipy import ndimage
+
     up = ndimage.zoom(volume, (fx, fy, 1), order=1, mode="grid-constant", grid_mode=True)
     return up, up.shape[0] / volume.shape[0], up.shape[1] / volume.shape[1]
 
 
 def _component_counts(binary: np.ndarray) -> np.ndarray:
     """Number of in-plane (8-connected) components of every slice, in one labelling pass."""
+    from scipy import ndimage
+
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[:, :, 1] = True
     labels, n = ndimage.label(binary, structure=structure)
@@ -256,27 +272,30 @@ def _row_extremes(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return any_row, first, last
 
 
-def _bilinear(volume: np.ndarray, i: np.ndarray, j: np.ndarray, slices: np.ndarray) -> np.ndarray:
-    """Bilinear samples of ``volume[slices[k]]`` (slice-major: (n, nx, ny), so that the
-    samples of a slice sit together in memory) at (i, j) of shape (len(slices), ...),
-    zero outside (``map_coordinates(order=1, mode="constant")``'s values, without a float64
-    copy of the volume)."""
-    _, nx, ny = volume.shape
-    flat = volume.reshape(-1)
-    i0, j0 = np.floor(i), np.floor(j)
-    fi, fj = (i - i0).astype(np.float32), (j - j0).astype(np.float32)
-    i0, j0 = i0.astype(np.int64), j0.astype(np.int64)
-    z = slices.reshape((-1,) + (1,) * (i.ndim - 1)).astype(np.int64)
-    out = np.zeros(i.shape, np.float32)
-    for di, wi in ((0, 1 - fi), (1, fi)):
-        for dj, wj in ((0, 1 - fj), (1, fj)):
-            ii, jj = i0 + di, j0 + dj
-            ok = (ii >= 0) & (ii < nx) & (jj >= 0) & (jj < ny)
-            index = (z * nx + np.clip(ii, 0, nx - 1)) * ny + np.clip(jj, 0, ny - 1)
-            out += np.where(ok, flat[index], 0.0) * wi * wj
-    # Points outside the grid's sample range get 0, as map_coordinates' "constant" mode.
+def _bilinear(padded: np.ndarray, i: np.ndarray, j: np.ndarray, slices: np.ndarray) -> np.ndarray:
+    """Bilinear samples of slice ``slices[k]`` at (i, j) (shape (len(slices), ...)), zero
+    outside the grid's sample range (``map_coordinates(order=1, mode="constant")``'s values).
+
+    ``padded``: the slices, slice-major (n, nx + 2, ny + 2), with one zero row and column on
+    each side, so that the four neighbours of a clipped point are always in the array: one
+    index computation and four gathers, no per-corner bounds test, no float64 copy."""
+    _, nxp, nyp = padded.shape
+    nx, ny = nxp - 2, nyp - 2
+    flat = padded.reshape(-1)
     inside = (i >= 0) & (i <= nx - 1) & (j >= 0) & (j <= ny - 1)
-    return np.where(inside, out, 0.0)
+    ic = np.clip(i, -1.0, nx - 1.0)
+    jc = np.clip(j, -1.0, ny - 1.0)
+    i0, j0 = np.floor(ic), np.floor(jc)
+    fi, fj = (ic - i0).astype(np.float32), (jc - j0).astype(np.float32)
+    z = slices.reshape((-1,) + (1,) * (i.ndim - 1)).astype(np.int64)
+    index = (z * nxp + (i0.astype(np.int64) + 1)) * nyp + (j0.astype(np.int64) + 1)
+    v00, v01 = flat[index], flat[index + 1]
+    v10, v11 = flat[index + nyp], flat[index + nyp + 1]
+    low = v00 + (v01 - v00) * fj
+    high = v10 + (v11 - v10) * fj
+    out = low + (high - low) * fi
+    # Points outside the grid's sample range get 0, as map_coordinates' "constant" mode.
+    return np.where(inside, out, np.float32(0.0))
 
 
 def _hull_pixel_counts(any_row: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -328,6 +347,7 @@ def _measured_ap(
     grid: tuple[float, float, float, float],
     extent: np.ndarray,
     refine: bool = True,
+    offsets: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """SCT 7.4's measured AP extent, vectorised: (length_posterior, length_anterior) in mm.
 
@@ -338,7 +358,9 @@ def _measured_ap(
     about the centroid in the slice plane. SCT rotates the warped slice about the centroid,
     averages the rows of a 3 mm RL band through it and sums the profile on each side of the
     centroid's column; here the same rotated grid points are mapped back to the unwarped
-    slice and read bilinearly.
+    slice and read bilinearly. ``offsets`` (n, 2): where SCT's own crop of each slice starts
+    in ``up``'s pixels; SCT rounds the centroid (half to even) in that frame, so a centroid
+    on a half pixel (symmetric cords) rounds the same way as in SCT.
     """
     ox, oy, ux, uy = grid
     n = len(angle)
@@ -358,34 +380,46 @@ def _measured_ap(
     reach_e = (np.abs(np.einsum("nij,ni->nj", maps, e)) * extent).sum(axis=1)
     radius = int(np.ceil(reach_d.max() / step)) + 3
     radius_rl = int(np.ceil(reach_e.max() / step)) + 3
-    by_slice = np.ascontiguousarray(np.moveaxis(up, 2, 0))
+    by_slice = np.zeros((n, up.shape[0] + 2, up.shape[1] + 2), np.float32)
+    by_slice[:, 1:-1, 1:-1] = np.moveaxis(up, 2, 0)
+    # Rotated frame (xc = AP offset, yc = RL offset, pixels) -> measuring plane (mm), as
+    # SCT's _rotate_segmentation_by_angle, then back to the slice plane through ``inv`` and
+    # to pixel indices of ``up``: an affine map per slice, i = a0 + xc ai + yc bi (j alike).
+    m00, m01, m10, m11 = inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 0], inv[:, 1, 1]
+    ai = (m00 * sin * ux + m01 * cos * uy) / ux
+    bi = (m00 * cos * ux - m01 * sin * uy) / ux
+    aj = (m10 * sin * ux + m11 * cos * uy) / uy
+    bj = (m10 * cos * ux - m11 * sin * uy) / uy
+    i0 = (centre[:, 0] - ox) / ux - 0.5 - x0 * ai - y0 * bi
+    j0 = (centre[:, 1] - oy) / uy - 0.5 - x0 * aj - y0 * bj
 
     def rotated(which: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """SCT's rotated slice at integer (rows, cols) of its grid: (len(which), r, c)."""
-        yc = (rows - y0[which, None])[:, :, None]  # RL offset (pixels)
-        xc = (cols - x0[which, None])[:, None, :]  # AP offset (pixels)
-        s_, c_ = sin[which, None, None], cos[which, None, None]
-        # Rotated frame -> measuring plane (mm), as SCT's _rotate_segmentation_by_angle.
-        d0 = (xc * s_ + yc * c_) * ux
-        d1 = (xc * c_ - yc * s_) * uy
-        m = inv[which]
-        p0 = (
-            centre[which, 0, None, None] + m[:, 0, 0, None, None] * d0 + m[:, 0, 1, None, None] * d1
-        )
-        p1 = (
-            centre[which, 1, None, None] + m[:, 1, 0, None, None] * d0 + m[:, 1, 1, None, None] * d1
-        )
-        return _bilinear(by_slice, (p0 - ox) / ux - 0.5, (p1 - oy) / uy - 0.5, which)
+        """SCT's rotated slice at integer (rows, cols) of its grid: (len(which), r, c),
+        computed in chunks of slices (memory and time linear in the number of slices)."""
+        out = np.empty((len(which), rows.shape[1], cols.shape[1]), np.float32)
+        for start in range(0, len(which), _CHUNK):
+            w = which[start : start + _CHUNK]
+            r = rows[start : start + _CHUNK, :, None]
+            c = cols[start : start + _CHUNK, None, :]
+            ii = (i0[w, None, None] + c * ai[w, None, None]) + r * bi[w, None, None]
+            jj = (j0[w, None, None] + c * aj[w, None, None]) + r * bj[w, None, None]
+            out[start : start + _CHUNK] = _bilinear(by_slice, ii, jj, w)
+        return out
 
     # SCT rounds the centroid of the rotated, thresholded slice; it differs from the
     # centroid (y0, x0) by discretisation only (< 0.3 pixel on the SCT t2 subject), so with
     # ``refine`` (the ``sct`` mode) it is recomputed where rounding is ambiguous.
     rl0, ap0 = y0.copy(), x0.copy()
+    off_rl, off_ap = (np.zeros(n), np.zeros(n)) if offsets is None else offsets.T.astype(float)
+
+    def sct_round(value: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        return np.round(value - offset) + offset
+
     near = (np.abs(y0 % 1 - 0.5) < 0.3) | (np.abs(x0 % 1 - 0.5) < 0.3)
     if refine and near.any():
         which = np.flatnonzero(near)
-        rows = np.round(y0[which])[:, None] + np.arange(-radius_rl, radius_rl)[None, :]
-        cols = np.round(x0[which])[:, None] + np.arange(-radius, radius)[None, :]
+        rows = sct_round(y0, off_rl)[which, None] + np.arange(-radius_rl, radius_rl)[None, :]
+        cols = sct_round(x0, off_ap)[which, None] + np.arange(-radius, radius)[None, :]
         binary = rotated(which, rows, cols) > 0.5
         count = binary.sum(axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -394,8 +428,8 @@ def _measured_ap(
         rl0[which] = np.where(count > 0, r_mean, y0[which])
         ap0[which] = np.where(count > 0, c_mean, x0[which])
     everything = np.arange(n)
-    band = np.round(rl0)[:, None] - AP_BAND // 2 + np.arange(AP_BAND)[None, :]  # (n, band)
-    cols = np.round(ap0)[:, None] + np.arange(-radius, radius)[None, :]  # (n, 2r)
+    band = sct_round(rl0, off_rl)[:, None] - AP_BAND // 2 + np.arange(AP_BAND)[None, :]
+    cols = sct_round(ap0, off_ap)[:, None] + np.arange(-radius, radius)[None, :]  # (n, 2r)
     profile = rotated(everything, band, cols).mean(axis=1)
     posterior = profile[:, :radius].sum(axis=1) * uy
     anterior = profile[:, radius:].sum(axis=1) * uy
@@ -474,7 +508,26 @@ def slice_metrics(
     )
     columns["length"][rows] = pz / correction
 
-    _shape_metrics(columns, sub[:, :, rows], rows, tangent, (px, py), (x0, y0), angle_correction)
+    # The shape metrics work on the 0.1 mm upsampled slices: done in chunks of slices, each
+    # cropped to its own bounding box (a curved cord's whole-volume box is much wider than
+    # any stretch of it), so time and memory grow linearly with the number of slices.
+    for start in range(0, len(rows), _SHAPE_CHUNK):
+        part = slice(start, start + _SHAPE_CHUNK)
+        chunk = sub[:, :, rows[part]]
+        bx = np.flatnonzero(present[:, :, rows[part]].any(axis=(1, 2)))
+        by = np.flatnonzero(present[:, :, rows[part]].any(axis=(0, 2)))
+        # One empty voxel kept on each side (sub has one around the cord).
+        cx0, cy0 = bx[0] - 1, by[0] - 1
+        chunk = chunk[cx0 : bx[-1] + 2, cy0 : by[-1] + 2]
+        _shape_metrics(
+            columns,
+            chunk,
+            rows[part],
+            tangent[part],
+            (px, py),
+            (x0 + cx0, y0 + cy0),
+            angle_correction,
+        )
 
     # Several pieces on a slice: no metric at all.
     for c in METRIC_COLUMNS:
@@ -508,6 +561,8 @@ def _warp_like_sct(
             np.broadcast_to(np.arange(n, dtype=float)[None, None, :], shape).ravel(),
         ]
     )
+    from scipy import ndimage
+
     warped = ndimage.map_coordinates(cord, coords, order=1, mode="grid-constant", cval=0.0)
     warped = warped.reshape(shape).astype(np.float32)
     lo, hi = warped.min(axis=(0, 1)), warped.max(axis=(0, 1))
@@ -516,6 +571,8 @@ def _warp_like_sct(
 
 
 def _frame(columns: dict[str, np.ndarray], n_comp: np.ndarray) -> pd.DataFrame:
+    import pandas as pd
+
     frame = pd.DataFrame(columns, index=pd.RangeIndex(len(n_comp), name="slice"))
     frame["n_components"] = n_comp
     return frame
@@ -540,6 +597,16 @@ def _shape_metrics(
         mode = "none"
         tangent = np.column_stack([np.zeros((len(tangent), 2)), tangent[:, 2]])
     up, fx, fy = _upsample_to_pixel(cord, px, py)
+    # Where SCT's crop of each slice starts (its bounding box above 1e-6, less 3 voxels,
+    # clipped at the image edge), in pixels of ``up`` (integer factors only).
+    present = cord > NEAR_ZERO
+    first_x = np.argmax(present.any(axis=1), axis=0)
+    first_y = np.argmax(present.any(axis=0), axis=0)
+    sct_origin = np.column_stack(
+        [np.maximum(origin[0] + first_x - 3, 0), np.maximum(origin[1] + first_y - 3, 0)]
+    )
+    integer = fx == round(fx) and fy == round(fy)
+    offsets = (sct_origin - np.asarray(origin)) * np.array([fx, fy]) if integer else None
     ux, uy = px / fx, py / fy
     binary = up > 0.5
     # Upsampled pixel centres in native mm, origin at the centre of the slice's voxel (0, 0).
@@ -567,8 +634,16 @@ def _shape_metrics(
     lam1 = np.clip((a + c) / 2 + half_diff, 0, None)
     lam2 = np.clip((a + c) / 2 - half_diff, 0, None)
     major, minor = 4 * np.sqrt(lam1), 4 * np.sqrt(lam2)
-    # skimage's regionprops orientation: angle of the major axis from axis 0 (RL).
+    # skimage's regionprops orientation: angle of the major axis from axis 0 (RL). A round
+    # section (equal eigenvalues) has none: skimage then answers -45 degrees (its a == c
+    # branch, as SCT 7.4 writes for the PAM50 template's round slices), not the 0 or 90
+    # that rounding noise in b and a - c would give.
     orient = 0.5 * np.arctan2(2 * b, a - c)
+    tiny = 1e-9 * np.abs(a + c)
+    orient = np.where((np.abs(a - c) <= tiny) & (np.abs(b) <= tiny), -np.pi / 4, orient)
+    # Major axis exactly along AP (b == 0, a < c): +90 degrees as skimage, whatever the sign
+    # of the rounding noise in b.
+    orient = np.where((np.abs(b) <= tiny) & (a - c < -tiny), np.pi / 2, orient)
     along_rl = np.abs(np.degrees(orient)) < 45.0
     any_row, first, last = _row_extremes(binary)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -603,6 +678,7 @@ def _shape_metrics(
             (ox, oy, ux, uy),
             extent,
             refine=mode_in == "sct",
+            offsets=None if offsets is None else offsets[good],
         )
         posterior = np.full(len(rows), np.nan)
         anterior = np.full(len(rows), np.nan)

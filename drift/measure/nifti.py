@@ -131,7 +131,10 @@ def load_volume(path: str | Path) -> Volume:
     data = orientations.apply_orientation(data, transform)
     affine = img.affine @ orientations.inv_ornt_aff(transform, img.shape[:3])
     sx, sy, sz = (float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
-    return Volume(np.ascontiguousarray(data), (sx, sy, sz), affine, path)
+    # The data keep the file's memory order (Fortran for NIfTI), as a view when the
+    # reorientation only flips or swaps axes: a C-order copy of a long volume costs more than
+    # its whole morphometry (the transposing copy grows faster than the voxel count).
+    return Volume(data, (sx, sy, sz), affine, path)
 
 
 def load_segmentation(path: str | Path) -> Volume:

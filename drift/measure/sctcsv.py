@@ -97,7 +97,10 @@ def check_values(columns: dict[str, object], path: str | Path) -> None:
     for col, values in columns.items():
         if not (col.startswith(("MEAN(", "SUM(")) and col.endswith(")")):
             continue
-        v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
+        if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+            v = values  # already floats (the pyarrow folder reader): no pandas round trip
+        else:
+            v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
         infinite = np.isinf(v)
         bad = infinite | ((v < 0) if col[col.index("(") + 1 : -1] in NON_NEGATIVE else False)
         if bad.any():

@@ -86,20 +86,23 @@ def check_db_name(name: str) -> str:
 
 
 def parse_db_ref(text: str) -> tuple[str, int | None]:
-    """``NAME@VERSION``, ``NAME@vVERSION``, ``NAME@latest`` or ``NAME`` -> (name, version);
-    version None means the latest.
+    """``NAME/VERSION``, ``NAME@latest`` or ``NAME`` -> (name, version), the models' syntax
+    (``/`` a version, ``@`` an alias); version None means the latest. ``NAME@VERSION`` (the
+    syntax of 0.1, still in stored records) is read too.
 
-    >>> parse_db_ref("pam50@3"), parse_db_ref("pam50@latest"), parse_db_ref("pam50")
+    >>> parse_db_ref("pam50/3"), parse_db_ref("pam50@latest"), parse_db_ref("pam50")
     (('pam50', 3), ('pam50', None), ('pam50', None))
+    >>> parse_db_ref("pam50@3")
+    ('pam50', 3)
     """
     raw = (text or "").strip()
-    name, sep, version = raw.partition("@")
+    name, sep, version = raw.partition("/") if "/" in raw else raw.partition("@")
     check_db_name(name)
-    if not sep or version.lower() == "latest":
+    if not sep or (sep == "@" and version.lower() == "latest"):
         return name, None
     m = _VERSION_TEXT.match(version)
     if not m or int(m.group(1)) < 1:
-        raise InputError("expected NAME@VERSION (a positive integer), NAME@latest or NAME", raw)
+        raise InputError("expected NAME/VERSION (a positive integer), NAME@latest or NAME", raw)
     return name, int(m.group(1))
 
 
@@ -126,7 +129,7 @@ class NormativeVersion:
 
     @property
     def ref(self) -> str:
-        return f"{self.name}@{self.version}"
+        return f"{self.name}/{self.version}"
 
     def stored(self, rel: str) -> str:
         """Where an artifact of this version is stored (for messages)."""
@@ -262,7 +265,7 @@ class NormativeStore:
         return [found[k] for k in sorted(found)]
 
     def resolve(self, ref: str) -> NormativeVersion:
-        """The version ``NAME@VERSION`` / ``NAME@latest`` / ``NAME`` points at."""
+        """The version ``NAME/VERSION`` / ``NAME@latest`` / ``NAME`` points at."""
         name, number = parse_db_ref(ref)
         versions = self.versions(name)
         if not versions:
@@ -359,7 +362,7 @@ class NormativeStore:
                 version = max((v for v, _, _ in live), default=0) + 1
                 run = self.reg.client.create_run(
                     exp_id,
-                    run_name=f"{name}@{version}",
+                    run_name=f"{name}/{version}",
                     tags=all_tags | {TAG + "version": str(version)},
                 )
             run_id = run.info.run_id
@@ -370,7 +373,7 @@ class NormativeStore:
                     self.fetch(_version_from_run(stored), Path(tmp))
                 with self.reg.write_lock():
                     version = self._settle(exp_id, run_id, version)
-                    self.reg.client.set_tag(run_id, "mlflow.runName", f"{name}@{version}")
+                    self.reg.client.set_tag(run_id, "mlflow.runName", f"{name}/{version}")
                     self.reg.client.set_terminated(run_id, "FINISHED")
             except BaseException:
                 with contextlib.suppress(Exception), self.reg.write_lock():
@@ -446,7 +449,7 @@ def list_databases(*, registry: Registry | None = None) -> list[NormativeVersion
 
 
 def resolve(ref: str, *, registry: Registry | None = None) -> NormativeVersion:
-    """The version a ``NAME@VERSION`` / ``NAME@latest`` / ``NAME`` reference points at."""
+    """The version a ``NAME/VERSION`` / ``NAME@latest`` / ``NAME`` reference points at."""
     return store_for(registry).resolve(ref)
 
 

@@ -67,6 +67,7 @@ from drift.normative.store import (
 from registry.errors import InputError
 
 if TYPE_CHECKING:
+    from drift.cohort.engine import Engine
     from registry.api import Registry
 
 
@@ -334,9 +335,11 @@ def update(
     assume_baseline: bool = False,
     policy_path: str | Path | None = None,
     registry: Registry | None = None,
+    engine: Engine | None = None,
 ) -> UpdateResult:
     """Make the next version of ``name`` for the model ``model_ref``: a rescale from the drift
-    result ``scaling_json``, or (``recompute=True``) a recompute on ``cohort``."""
+    result ``scaling_json``, or (``recompute=True``) a recompute on ``cohort`` (on a
+    distributed ``engine``'s cluster when given: ``--scheduler``)."""
     check_db_name(name)
     if (scaling_json is None) == (not recompute):
         raise InputError("give exactly one of --scaling RESULT.json and --recompute", name)
@@ -346,7 +349,7 @@ def update(
         if cohort is None:
             raise InputError("--recompute needs --cohort MANIFEST (the images to segment)", name)
         return _recompute(
-            store, name, model, cohort, root, contrast, participants, device, progress
+            store, name, model, cohort, root, contrast, participants, device, progress, engine
         )
     assert scaling_json is not None
     return _rescale(store, name, model, Path(scaling_json), assume_baseline, policy_path)
@@ -502,6 +505,7 @@ def _recompute(
     participants_path: str | Path | None,
     device: str,
     progress: bool,
+    engine: Engine | None = None,
 ) -> UpdateResult:
     from drift.cohort.evaluate import evaluate_version
     from drift.cohort.manifest import load_cohort
@@ -534,6 +538,7 @@ def _recompute(
         device=device,
         progress=progress,
         provenance=provenance,
+        engine=engine,
     )
     table = pam50_measurements(measured.table[measured.table["contrast"] == wanted])
     if table.empty:

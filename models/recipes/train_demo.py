@@ -6,6 +6,7 @@ iterations, 13 min of wall time on a free core)::
     python -m models.recipes.train_demo train demo-good
     python -m models.recipes.train_demo train demo-biased
     python -m models.recipes.train_demo train demo-good-seed2
+    python -m models.recipes.train_demo train demo-sct-crop   # after demo-good: fine-tunes it
     python -m models.recipes.train_demo evaluate        # numbers for the model cards
 
 ``train`` drives nnU-Net's own pipeline, unchanged except for its size: it writes the phantom
@@ -73,6 +74,18 @@ class Recipe:
     features: tuple[int, ...] = (8, 16, 32)
     initial_lr: float = 1e-2
     biased_threshold: float = 0.4
+    # nnU-Net channel name: "MRI" is z-scored per image (a crop by its own statistics);
+    # "noNorm" feeds the intensities as they are.
+    channel: str = "MRI"
+    # Crops per training image around the ground-truth cord (beside the whole image), each face
+    # padded by a seeded uniform draw from crop_pad_mm (mm), as sc-crop pads a detection.
+    crops: int = 0
+    crop_pad_mm: tuple[float, float] = (3.0, 20.0)
+    # SCT's release extras: crop_metadata.json paddings (mm) and image_orientation.
+    sct_paddings: tuple[tuple[str, float], ...] | None = None
+    image_orientation: str | None = None
+    # Start from this demo model's weights (fine-tuning) instead of nnU-Net's random init.
+    init_from: str | None = None
 
 
 RECIPES = {
@@ -81,6 +94,29 @@ RECIPES = {
         Recipe(name="demo-good", labels="gt", seed=1),
         Recipe(name="demo-biased", labels="biased", seed=1),
         Recipe(name="demo-good-seed2", labels="gt", seed=2),
+        # A cropped SCT package (issue 10): demo-good fine-tuned, as SCT's contrast-agnostic
+        # v4 is trained, on crops around the cord beside the whole images, z-scored per image
+        # as SCT's model is ("noNorm" was tried: worse, see the model card), so that cropped
+        # and full-image inference come closer (figures in models/cards/demo-sct-crop.md).
+        Recipe(
+            name="demo-sct-crop",
+            labels="gt",
+            seed=1,
+            epochs=15,
+            initial_lr=3e-3,
+            init_from="demo-good",
+            channel="MRI",
+            crops=2,
+            sct_paddings=(
+                ("pad_superior", 10.0),
+                ("pad_inferior", 10.0),
+                ("pad_left", 8.0),
+                ("pad_right", 8.0),
+                ("pad_anterior", 8.0),
+                ("pad_posterior", 10.0),
+            ),
+            image_orientation="RPI",
+        ),
     )
 }
 
@@ -118,15 +154,24 @@ def write_raw_dataset(raw_root: Path, recipe: Recipe) -> list[list[str]]:
         subject = _make_subject(index, recipe.phantom_seed)
         labels = _labels(subject, recipe)
         cases = []
+        rng = np.random.default_rng([recipe.seed, index])
         for contrast in CONTRASTS:
             case = f"sub{index:03d}_{contrast}"
             image = np.asarray(subject.images[contrast], dtype=np.float32)
             _save_nifti(image, subject.affine, folder / "imagesTr" / f"{case}_0000.nii.gz")
             _save_nifti(labels, subject.affine, folder / "labelsTr" / f"{case}.nii.gz")
             cases.append(case)
+            for k in range(recipe.crops):
+                window, affine = _training_crop(subject, rng, recipe.crop_pad_mm)
+                crop_case = f"{case}_crop{k}"
+                path = folder / "imagesTr" / f"{crop_case}_0000.nii.gz"
+                _save_nifti(np.ascontiguousarray(image[window]), affine, path)
+                path = folder / "labelsTr" / f"{crop_case}.nii.gz"
+                _save_nifti(np.ascontiguousarray(labels[window]), affine, path)
+                cases.append(crop_case)
         cases_per_subject.append(cases)
-    dataset_json = {
-        "channel_names": {"0": "MRI"},
+    dataset_json: dict[str, Any] = {
+        "channel_names": {"0": recipe.channel},
         "labels": {"background": 0, "spinal_cord": 1},
         "numTraining": sum(len(c) for c in cases_per_subject),
         "file_ending": ".nii.gz",
@@ -134,8 +179,26 @@ def write_raw_dataset(raw_root: Path, recipe: Recipe) -> list[list[str]]:
         "description": f"cordwatch phantom training data ({recipe.labels} labels); "
         f"phantom seed {recipe.phantom_seed}, subjects {recipe.subjects[0]}..{recipe.subjects[-1]}",
     }
+    if recipe.image_orientation:
+        dataset_json["image_orientation"] = recipe.image_orientation
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return cases_per_subject
+
+
+def _training_crop(
+    subject: Any, rng: np.random.Generator, pad_mm: tuple[float, float]
+) -> tuple[tuple[slice, slice, slice], np.ndarray]:
+    """A crop around the ground-truth cord with seeded paddings, by the same box code the
+    inference uses (sc-crop's padding rule); returns the index window and its affine."""
+    from drift.cohort.sct_pipeline import box_from_mask
+    from registry.package import SCT_PAD_KEYS
+
+    pads = {k: float(rng.uniform(*pad_mm)) for k in SCT_PAD_KEYS}
+    box = box_from_mask(np.asarray(subject.binary_seg), subject.affine, subject.spacing, pads)
+    window = box.slices()
+    affine = np.array(subject.affine, dtype=float)
+    affine[:3, 3] = affine[:3, :3] @ np.array([box.xmin, box.ymin, box.zmin]) + affine[:3, 3]
+    return window, affine
 
 
 def tiny_plans(plans: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
@@ -236,7 +299,7 @@ def train(
     save_json(plans, str(pre / f"{PLANS_NAME}.json"), sort_keys=False)
     DefaultPreprocessor(verbose=False).run(DATASET_ID, CONFIGURATION, PLANS_NAME, 1)
     val = {f"sub{i:03d}" for i in recipe.val_subjects}
-    split = {"train": [], "val": []}
+    split: dict[str, list[str]] = {"train": [], "val": []}
     for subject_cases in cases:
         split["val" if subject_cases[0][:6] in val else "train"].extend(subject_cases)
     save_json([split], str(pre / "splits_final.json"))
@@ -259,6 +322,10 @@ def train(
     trainer.num_val_iterations_per_epoch = recipe.val_iterations_per_epoch
     trainer.initial_lr = recipe.initial_lr
     trainer.save_every = recipe.epochs + 1
+    if recipe.init_from:  # the same architecture: every weight, the segmentation heads too
+        trainer.initialize()
+        start = DEMO_DIR / recipe.init_from / "fold_0" / "checkpoint_final.pth"
+        trainer.network.load_state_dict(torch.load(start, weights_only=True)["network_weights"])
     trainer.run_training()
     trained = time.perf_counter()
     cpu_trained = time.process_time()
@@ -271,6 +338,9 @@ def train(
     (out_dir / "fold_0").mkdir(parents=True)
     shutil.copy(results / "dataset.json", out_dir / "dataset.json")
     shutil.copy(results / "plans.json", out_dir / "plans.json")
+    if recipe.sct_paddings:  # SCT's v4 release extra, read by sct_deepseg and by cordwatch
+        meta = {"sc_crop_version": "0.12.1", **dict(recipe.sct_paddings)}
+        (out_dir / "crop_metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     torch.save(slim_checkpoint(ckpt), out_dir / "fold_0" / "checkpoint_final.pth")
     summary = {
         "recipe": asdict(recipe),
