@@ -195,7 +195,9 @@ def test_bad_file_in_a_folder_is_named_exit_2(tmp_path: Path, content: bytes, pr
         (bad / f.name).write_bytes(f.read_bytes())
     (bad / "sub-02_T2w_PAM50.csv").write_bytes(content)
     out = tmp_path / "out.json"
-    result = CliRunner().invoke(app, ["drift", "compare", str(good), str(bad), "--json", str(out)])
+    result = CliRunner().invoke(
+        app, ["drift", "compare", str(good), str(bad), "--result", str(out)]
+    )
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "sub-02_T2w_PAM50.csv" in lines[0] and problem in lines[0]
