@@ -257,7 +257,7 @@ def test_10_read_only_command_on_a_mistyped_sqlite_uri_creates_nothing(tmp_path:
     for args in (["list"], ["show", "m/1"], ["history", "m"], ["pull", "m/1"]):
         result = CliRunner().invoke(app, ["models", "--registry", f"sqlite:///{typo}", *args])
         assert result.exit_code == 2, result.output
-        assert "no registry database" in result.stderr
+        assert "no registry here yet: nothing was registered" in result.stderr
     assert not typo.parent.exists()
 
 
