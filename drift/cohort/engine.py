@@ -453,10 +453,12 @@ class Engine:
         results: list[Any] = [None] * len(calls)
         stalled_since: float | None = None
         finished = 0
-        # One as_completed over all futures (linear in their number) and one gather per batch
-        # of finished tasks: the per-task cost stays flat for cohorts of thousands of images.
+        # One as_completed over all futures (linear in their number), results taken in batches:
+        # the per-task cost stays flat for cohorts of thousands of images.
         with self.client.as_current():  # as_completed uses the current client
-            ready = as_completed(futures, with_results=False)
+            # Results are fetched by the client's event loop as tasks finish: no blocking
+            # gather() here for Ctrl-C to interrupt (distributed then logs a traceback).
+            ready = as_completed(futures, with_results=True, raise_errors=False)
         try:
             while not ready.is_empty():
                 done = ready.next_batch(block=False)
@@ -465,12 +467,11 @@ class Engine:
                         stalled_since = self._watch_gpu(stalled_since)
                     time.sleep(0.01)
                     continue
-                done.sort(key=lambda f: slots[f.key][0])
-                for fut in done:
+                done.sort(key=lambda pair: slots[pair[0].key][0])
+                for fut, _value in done:
                     if fut.status != "finished":
                         self._result(fut)  # raises the task's error as an EngineError
-                values = self.client.gather(done)
-                for fut, value in zip(done, values, strict=True):
+                for fut, value in done:
                     for i in slots[fut.key]:
                         results[i] = value
                         finished += 1
@@ -581,6 +582,7 @@ def open_engine(
     with contextlib.ExitStack() as stack:
         kind, where = parsed
         if kind == "local":
+            stack.enter_context(_untrimmed_malloc())
             cluster = stack.enter_context(
                 LocalCluster(
                     n_workers=int(where),
@@ -607,6 +609,20 @@ def open_engine(
             n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
             tell(f"connected to the Dask scheduler at {address} ({n} workers)")
         yield Engine(client, address=address, gpu_wait_s=timeout, on_done=on_done)
+
+
+@contextlib.contextmanager
+def _untrimmed_malloc() -> Iterator[None]:
+    """Start workers without distributed's ``MALLOC_TRIM_THRESHOLD_=65536``: with it glibc
+    maps and zeroes every large array afresh, and a PAM50-size morphometry took 2.6x the CPU
+    time of the same call in this process (benchmarks/README.md, "Scale-out engine"). The
+    thread limits (OMP/MKL/OpenBLAS = 1 per single-threaded worker) are kept."""
+    import dask.config
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+        yield
 
 
 def _has_bokeh() -> bool:
