@@ -632,24 +632,17 @@ def test_drift_check_runs_the_sct_pipeline_with_the_ground_truth_box(
     reg.promote(champion.ref, "champion", force=True, reason="test: plain nnU-Net champion")
     archive = zip_flat(sct_package(tmp_path / "release"), tmp_path / "release.zip")
     candidate = reg.register("cs", archive, alias="candidate")
-    result_path = tmp_path / "result.json"
-    code, _out, err = cli(
-        home,
-        "drift",
-        "check",
-        "cs@candidate",
-        "--baseline",
-        "cs@champion",
-        "--cohort",
-        str(manifest),
-        "--no-progress",
-        "--policy",
-        str(policy),
-        "--json",
-        str(result_path),
-    )
-    assert code in (0, 1), err
-    result = json.loads(result_path.read_text())
+
+    def check(out: Path, *extra: str) -> dict:
+        code, _out, err = cli(
+            home, "drift", "check", "cs@candidate", "--baseline", "cs@champion",
+            "--cohort", str(manifest), "--no-progress", "--policy", str(policy),
+            *extra, "--result", str(out),
+        )  # fmt: skip
+        assert code in (0, 1), err
+        return json.loads(out.read_text())
+
+    result = check(tmp_path / "result.json")
     assert result["provenance"]["failures"] == {"baseline": [], "candidate": []}
     # The drift result says which pipeline segmented each version.
     assert result["provenance"]["baseline"]["inference"] == {"pipeline": None, "crop_sources": {}}
@@ -667,26 +660,7 @@ def test_drift_check_runs_the_sct_pipeline_with_the_ground_truth_box(
     (tmp_path / "box.json").write_text(json.dumps(box))
     listing = tmp_path / "crop-boxes.json"
     listing.write_text(json.dumps({"sub-phantom02/T2w": "box.json"}))
-    boxed_path = tmp_path / "boxed.json"
-    code, _out, err = cli(
-        home,
-        "drift",
-        "check",
-        "cs@candidate",
-        "--baseline",
-        "cs@champion",
-        "--cohort",
-        str(manifest),
-        "--no-progress",
-        "--policy",
-        str(policy),
-        "--crop-boxes",
-        str(listing),
-        "--json",
-        str(boxed_path),
-    )
-    assert code in (0, 1), err
-    boxed = json.loads(boxed_path.read_text())["provenance"]
+    boxed = check(tmp_path / "boxed.json", "--crop-boxes", str(listing))["provenance"]
     assert boxed["crop_boxes"] == {"sub-phantom02/T2w": str(tmp_path / "box.json")}
     assert boxed["candidate"]["inference"]["crop_sources"] == {"gt_seg": 2, "box_file": 1}
     assert boxed["baseline"]["inference"]["crop_sources"] == {}  # plain nnU-Net: no crop

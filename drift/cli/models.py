@@ -20,7 +20,7 @@ drift gate, 2 bad input, integrity or registry error (one line on stderr naming 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
@@ -34,9 +34,6 @@ from drift.cli.common import (
     registry_from,
     require_store,
 )
-
-if TYPE_CHECKING:
-    pass
 
 models_app = typer.Typer(
     help="Model registry on MLflow: register, list, show, pull, promote, history, diff.",
