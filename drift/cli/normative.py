@@ -1,13 +1,14 @@
 """``cordwatch normative ...``: versioned normative databases (a thin shell over
 :mod:`drift.normative`).
 
-    cordwatch normative import DIR --name NAME [--model NAME/VERSION]
+    cordwatch normative import DIR [DIR...] --name NAME [--model NAME/VERSION]
     cordwatch normative list [--json]
     cordwatch normative show NAME/VERSION [--json]
     cordwatch normative summary NAME/VERSION [--sex F] [--age 20:40] [--vendor Siemens] [--json]
     cordwatch normative update NAME --model NAME/VERSION --scaling RESULT.json [--assume-baseline]
     cordwatch normative update NAME --model NAME/VERSION --recompute --cohort MANIFEST [--root DIR]
-    cordwatch normative export NAME/VERSION DIR
+                               [--cohort MANIFEST [--root DIR] ...] [--scheduler local:N]
+    cordwatch normative export NAME/VERSION DIR [--layout single|datasets] [--dataset NAME]
     cordwatch normative zscore SUBJECT.csv --db NAME/VERSION [--sex F] [--age 20:40]
                                [--vendor Siemens] [--model NAME/VERSION] [--json]
 
@@ -126,6 +127,9 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
 
 
 def _version_lines(v: NormativeVersion) -> list[str]:
+    from drift.normative.store import TAG
+
+    datasets = v.tags.get(f"{TAG}datasets")
     return [
         f"{v.ref}",
         f"  kind:         {v.kind}",
@@ -133,6 +137,11 @@ def _version_lines(v: NormativeVersion) -> list[str]:
         f"  source:       {v.source}",
         f"  parent:       {v.parent if v.parent is not None else '-'}",
         f"  subjects:     {v.n_subjects} ({v.contrast})",
+        *(
+            [f"  datasets:     {len(datasets.split(','))} ({datasets}; {v.n_files} CSV files)"]
+            if datasets
+            else []
+        ),
         f"  files sha256: {v.files_sha256}",
         f"  sha256:       {v.sha256} (manifest.json)",
         f"  created:      {v.created} by {v.created_by}",
@@ -173,11 +182,13 @@ def _summary_table(table: pd.DataFrame, title: str) -> Any:
 @command
 def import_(
     ctx: typer.Context,
-    directory: Path = typer.Argument(
+    directories: list[Path] = typer.Argument(
         ...,
-        metavar="DIR",
+        metavar="DIR...",
         help="SCT's normative layout: DIR/spinal_cord/sub-*_<contrast>_PAM50.csv + "
-        "DIR/participants.tsv (or DIR holding the CSVs itself).",
+        "DIR/participants.tsv (or DIR holding the CSVs itself), or the multi-dataset one: "
+        "DIR/spinal_cord/<DATASET>/ each with its participants.tsv and CSVs. Several DIRs "
+        "make one multi-dataset database (a single-folder DIR is the dataset named after it).",
     ),
     name: str = typer.Option(..., "--name", metavar="NAME", help="Database name."),
     model: str | None = typer.Option(
@@ -194,14 +205,18 @@ def import_(
     Every CSV is validated; the files are stored byte for byte with a sha256 manifest. Prints
     the new version number on the last line.
     """
-    from drift.normative.store import import_db
+    from drift.normative.store import TAG, import_db
 
-    v = import_db(directory, name, model, registry=registry_from(ctx, registry))
+    source = directories[0] if len(directories) == 1 else directories
+    v = import_db(source, name, model, registry=registry_from(ctx, registry))
     if json_out:
         print_json(v.to_dict())
         return
+    where = ", ".join(str(d) for d in directories)
+    datasets = v.tags.get(f"{TAG}datasets")
+    spread = f" in {v.tags.get(f'{TAG}n_datasets')} datasets ({datasets})" if datasets else ""
     typer.echo(
-        f"imported {v.n_subjects} subjects ({v.contrast}) from {directory} as {v.ref} "
+        f"imported {v.n_subjects} subjects{spread} ({v.contrast}) from {where} as {v.ref} "
         f"(model {v.model or 'not recorded'})"
     )
     if not v.model:
@@ -399,11 +414,18 @@ def update(
     recompute: bool = typer.Option(
         False, "--recompute", help="Recompute: segment --cohort with --model and measure it."
     ),
-    cohort: str | None = typer.Option(
-        None, "--cohort", metavar="MANIFEST", help="Cohort for --recompute (name or .tsv path)."
+    cohort: list[str] = typer.Option(
+        [],
+        "--cohort",
+        metavar="MANIFEST",
+        help="Cohort for --recompute (name or .tsv path). Repeat it for a multi-dataset "
+        "version: one dataset per cohort, named after it.",
     ),
-    root: Path | None = typer.Option(
-        None, "--root", metavar="DIR", help="Where the cohort's images are (--recompute)."
+    root: list[Path] = typer.Option(
+        [],
+        "--root",
+        metavar="DIR",
+        help="Where the cohort's images are (--recompute); one per --cohort, in order.",
     ),
     contrast: str | None = typer.Option(
         None,
@@ -411,11 +433,12 @@ def update(
         metavar="CONTRAST",
         help="Contrast to keep for --recompute (default: the database's, e.g. T2w).",
     ),
-    participants: Path | None = typer.Option(
-        None,
+    participants: list[Path] = typer.Option(
+        [],
         "--participants",
         metavar="TSV",
-        help="participants.tsv for --recompute (default: the previous version's rows).",
+        help="participants.tsv for --recompute, one per --cohort (default: the previous "
+        "version's rows; with several cohorts, else the cohort root's participants.tsv).",
     ),
     device: str = typer.Option(
         "auto", "--device", help="Inference device for --recompute: auto, cpu or cuda."
@@ -462,10 +485,10 @@ def update(
             model,
             scaling,
             recompute=recompute,
-            cohort=cohort,
-            root=root,
+            cohort=cohort or None,
+            root=root or None,
             contrast=contrast,
-            participants=participants,
+            participants=participants or None,
             device=device,
             progress=False,
             assume_baseline=assume_baseline,
@@ -501,13 +524,28 @@ def export(
         ..., metavar="NAME/VERSION", help="NAME/VERSION, NAME@latest or NAME (the latest)."
     ),
     directory: Path = typer.Argument(..., metavar="DIR", help="New or empty output folder."),
+    layout: str | None = typer.Option(
+        None,
+        "--layout",
+        metavar="single|datasets",
+        help="Layout to write: single (spinal_cord/*.csv + participants.tsv, r20250321) or "
+        "datasets (spinal_cord/<DATASET>/, PAM50-normalized-metrics since 2026); default: "
+        "as stored.",
+    ),
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        metavar="NAME",
+        help="Dataset folder name when a single-layout version is written as datasets "
+        "(default: the database name).",
+    ),
     json_out: bool = _JSON,
     registry: str | None = REGISTRY_OPTION,
 ) -> None:
     """Write a version in SCT's layout, for sct_compute_compression -normalize-hc 1.
 
-    spinal_cord/*.csv and participants.tsv exactly as stored, plus PROVENANCE.md and
-    cordwatch/ (manifest, version record, rescale records).
+    The database files exactly as stored (or converted with --layout: the CSVs byte for
+    byte), plus PROVENANCE.md and cordwatch/ (manifest, version record, rescale records).
     """
     from drift.normative.store import export_db
     from registry.fsutil import refuse_outputs_onto_inputs
@@ -515,9 +553,9 @@ def export(
     reg = registry_from(ctx, registry)
     refuse_outputs_onto_inputs({"DIR": directory}, [reg.settings.cache_dir], folders=["DIR"])
     require_store(reg)
-    out = export_db(_db_ref(ref), directory, registry=reg)
+    out = export_db(_db_ref(ref), directory, layout=layout, dataset_name=dataset, registry=reg)
     if json_out:
-        print_json({"database": _db_ref(ref), "folder": str(out)})
+        print_json({"database": _db_ref(ref), "folder": str(out), "layout": layout})
         return
     typer.echo(str(out))
 

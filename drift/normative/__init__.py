@@ -8,6 +8,8 @@ the ones above it):
 
 * :mod:`drift.normative.layout`: SCT's layout on disk: reading and validating a database
   folder (participants.tsv, per-subject CSVs), SCT's per-slice rows, the synthetic database;
+* :mod:`drift.normative.datasets`: the two layouts (single folder, r20250321; several
+  datasets, PAM50-normalized-metrics since 2026): detecting, reading, staging, converting;
 * :mod:`drift.normative.policy`: the normative policy (when a rescale may stand in for a
   recompute) and the drift result (scaling) format a rescale reads;
 * :mod:`drift.normative.store`: versions in the registry (MLflow), import, list, resolve,

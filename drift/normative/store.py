@@ -27,7 +27,7 @@ import math
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from drift import __version__
-from drift.normative.layout import DATA_DIR, EXTRA_FILES, PARTICIPANTS, locate_layout, read_database
+from drift.normative.datasets import (
+    DATASETS,
+    LAYOUTS,
+    convert_layout,
+    detect_layout,
+    read_layout,
+    stage_layout,
+    stored_kind,
+)
+from drift.normative.layout import DATA_DIR, PARTICIPANTS
 from drift.normative.policy import RESCALE_NOTE
 from registry.errors import InputError, IntegrityError, RegistryError
 from registry.manifest import Manifest, build_manifest, read_verified_manifest, verify_tree
@@ -44,6 +53,7 @@ from registry.refs import check_model_name, parse_ref
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
+    from drift.normative.layout import NormativeData
     from registry.api import Registry
 
 
@@ -342,7 +352,11 @@ class NormativeStore:
         manifest = build_manifest(folder)
         (folder / MANIFEST).write_bytes(manifest.to_bytes())
         exp_id = self.reg.ensure_experiment(EXPERIMENT_PREFIX + name)
-        data_files = [f for f in manifest.files if f.path.startswith(DATA_DIR + "/")]
+        data_files = [
+            f
+            for f in manifest.files
+            if f.path.startswith(DATA_DIR + "/") and f.path.endswith("_PAM50.csv")
+        ]
         all_tags = {
             **{TAG + k: v for k, v in tags.items()},
             KIND_TAG: KIND_VALUE,
@@ -403,43 +417,53 @@ def copy_file(src: Path, dst: Path) -> None:
 
 
 def import_db(
-    src_dir: str | Path,
+    src_dir: str | Path | Sequence[str | Path],
     name: str,
     model_ref: str | None = None,
     *,
     registry: Registry | None = None,
 ) -> NormativeVersion:
-    """Store SCT's normative layout at ``src_dir`` as the next version of ``name``.
+    """Store SCT's normative layout at ``src_dir`` as the next version of ``name``: the
+    single-folder layout (r20250321) or the multi-dataset one, or several roots combined into
+    one multi-dataset database (:mod:`drift.normative.datasets`).
 
     Every CSV is read and validated first (InputError naming the first bad file; nothing is
     stored then); the stored files are byte-identical copies. ``model_ref`` (a registered
     model version, aliases resolved) records which segmentation model made the values.
     """
     check_db_name(name)
-    data_dir, participants = locate_layout(src_dir)
-    data = read_database(data_dir, participants)
+    layout = detect_layout(src_dir)
+    data = read_layout(layout)
     store = store_for(registry)
     model = model_version_ref(store.reg, model_ref) if model_ref else ""
     with tempfile.TemporaryDirectory(prefix="cordwatch-normative-import-") as tmp:
         staged = Path(tmp)
-        for path in data.files.values():
-            copy_file(path, staged / DATA_DIR / path.name)
-        copy_file(participants, staged / PARTICIPANTS)
-        for extra in EXTRA_FILES:
-            candidate = participants.parent / extra
-            if candidate.is_file() and not candidate.is_symlink():
-                copy_file(candidate, staged / extra)
+        stage_layout(layout, data, staged)
         # What was validated is what is stored: re-read the staged copy's hashes only.
         tags = {
             "kind": "import",
-            "source": str(Path(src_dir).resolve()),
+            "source": ";".join(str(r.resolve()) for r in layout.roots),
             "model": model,
             "parent": "",
-            "n_subjects": str(len(data.files)),
+            "n_subjects": str(data.n_subjects),
             "contrast": data.contrast,
             "layout": str(data.layout),
+            **layout_tags(data),
         }
         return store.store(name, staged, tags)
+
+
+def layout_tags(data: NormativeData) -> dict[str, str]:
+    """The tags of a version's on-disk layout: ``db_layout`` (single | datasets) and, for
+    several datasets, their names and number and the number of records (CSV files)."""
+    if data.kind != DATASETS:
+        return {"db_layout": data.kind}
+    return {
+        "db_layout": data.kind,
+        "datasets": ",".join(data.datasets),
+        "n_datasets": str(len(data.datasets)),
+        "n_records": str(len(data.files)),
+    }
 
 
 def list_databases(*, registry: Registry | None = None) -> list[NormativeVersion]:
@@ -464,30 +488,52 @@ def read_records(folder: Path) -> dict[str, Any]:
     return out
 
 
-def export_db(ref: str, dest_dir: str | Path, *, registry: Registry | None = None) -> Path:
-    """Write version ``ref`` in SCT's layout into ``dest_dir`` (new or empty folder):
-    ``spinal_cord/*.csv``, ``participants.tsv`` and the kept extras exactly as stored,
-    ``PROVENANCE.md`` and ``cordwatch/`` (manifest, version record, rescale records).
+def export_db(
+    ref: str,
+    dest_dir: str | Path,
+    *,
+    layout: str | None = None,
+    dataset_name: str | None = None,
+    registry: Registry | None = None,
+) -> Path:
+    """Write version ``ref`` in SCT's layout into ``dest_dir`` (new or empty folder): the
+    database files exactly as stored (``layout`` None or the stored one) or converted to
+    ``layout`` (``single`` | ``datasets``, :func:`drift.normative.datasets.convert_layout`;
+    ``dataset_name`` names the one dataset of a single-layout version, default the database
+    name), ``PROVENANCE.md`` and ``cordwatch/`` (manifest, version record, rescale records).
     Written into a temporary folder and renamed into place: an error leaves nothing."""
     from drift.provenance import base_provenance
 
+    if layout is not None and layout not in LAYOUTS:
+        raise InputError(f"--layout must be one of {', '.join(LAYOUTS)}", layout)
     dest = Path(dest_dir)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InputError("export folder exists and is not empty", dest)
     store = store_for(registry)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with store.opened(ref) as (version, folder):
+        kind = stored_kind(folder)
+        convert = layout is not None and layout != kind
         work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
         try:
+            if convert:
+                assert layout is not None
+                convert_layout(folder, work, layout, dataset_name or version.name)
             for path in sorted(folder.rglob("*")):
                 if path.is_file():
                     rel = path.relative_to(folder).as_posix()
+                    if convert and (rel == PARTICIPANTS or rel.startswith(DATA_DIR + "/")):
+                        continue
+                    if convert and rel == "participants.json" and layout == DATASETS:
+                        continue
                     target = work / (f"{RECORDS_DIR}/{MANIFEST}" if rel == MANIFEST else rel)
                     copy_file(path, target)
             records = read_records(folder)
             meta = {
                 "format": "cordwatch-normative-export/1",
                 "version": version.to_dict(),
+                "layout": layout or kind,
+                "stored_layout": kind,
                 "exported": base_provenance(),
             }
             (work / RECORDS_DIR).mkdir(exist_ok=True)
@@ -495,7 +541,7 @@ def export_db(ref: str, dest_dir: str | Path, *, registry: Registry | None = Non
                 json.dumps(meta, indent=2) + "\n", encoding="utf-8"
             )
             (work / "PROVENANCE.md").write_text(
-                provenance_markdown(version, records), encoding="utf-8"
+                provenance_markdown(version, records, layout or kind, kind), encoding="utf-8"
             )
             if dest.exists():
                 dest.rmdir()
@@ -506,14 +552,29 @@ def export_db(ref: str, dest_dir: str | Path, *, registry: Registry | None = Non
     return dest
 
 
-def provenance_markdown(version: NormativeVersion, records: Mapping[str, Any]) -> str:
+def provenance_markdown(
+    version: NormativeVersion,
+    records: Mapping[str, Any],
+    layout: str = "single",
+    stored: str = "single",
+) -> str:
     """The human-readable provenance file of an export."""
+    where = (
+        "`spinal_cord/*_PAM50.csv` +\n`participants.tsv`"
+        if layout != DATASETS
+        else "`spinal_cord/<DATASET>/*_PAM50.csv`\n+ `spinal_cord/<DATASET>/participants.tsv`"
+    )
     lines = [
         f"# Normative database {version.ref}",
         "",
-        "Exported by cordwatch in Spinal Cord Toolbox's layout (`spinal_cord/*_PAM50.csv` +",
-        "`participants.tsv`), usable by `sct_compute_compression -normalize-hc 1`.",
+        f"Exported by cordwatch in Spinal Cord Toolbox's {layout} layout ({where}), usable by",
+        "`sct_compute_compression -normalize-hc 1`.",
         "",
+        *(
+            [f"Converted from the stored {stored} layout (CSV files byte for byte).", ""]
+            if layout != stored
+            else []
+        ),
         f"- kind: **{version.kind}**",
         f"- segmentation model: {version.model or 'not recorded'}",
         f"- source: {version.source}",

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from drift.measure.levels import level_name
-from drift.normative.layout import PARTICIPANTS, NormativeData, load_data, read_subject_csv
+from drift.normative.datasets import load_data
+from drift.normative.layout import PARTICIPANTS, NormativeData, read_subject_csv
 from drift.normative.store import (
     RECORDS_DIR,
     NormativeVersion,
@@ -131,6 +132,12 @@ def select_subjects(participants: pd.DataFrame, filters: Filters) -> list[str]:
     >>> select_subjects(p, Filters(sex="F")), select_subjects(p, Filters(age=(20, 40)))
     (['sub-1', 'sub-3'], ['sub-1'])
     """
+    keep = subject_mask(participants, filters)
+    return participants.loc[keep, "participant_id"].astype(str).tolist()
+
+
+def subject_mask(participants: pd.DataFrame, filters: Filters) -> pd.Series:
+    """Which participants rows match ``filters`` (see :func:`select_subjects`)."""
     keep = pd.Series(True, index=participants.index)
     if filters.sex:
         if "sex" not in participants.columns:
@@ -153,7 +160,7 @@ def select_subjects(participants: pd.DataFrame, filters: Filters) -> list[str]:
             )
         vendor = participants["manufacturer"].astype(str).str.strip().str.lower()
         keep &= vendor == filters.vendor.strip().lower()
-    return participants.loc[keep, "participant_id"].astype(str).tolist()
+    return keep
 
 
 def subject_level_means(tidy: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
@@ -264,7 +271,9 @@ def zscore_table(
 def _reference_means(
     data: NormativeData, filters: Filters, metrics: Sequence[str], where: str
 ) -> pd.DataFrame:
-    chosen = set(select_subjects(data.participants, filters)) & set(data.files)
+    # A record is one CSV: a subject (single layout), or a dataset's subject or session.
+    keys = pd.Series(data.participant_keys(), index=data.participants.index)
+    chosen = data.records_of(keys[subject_mask(data.participants, filters)].tolist())
     if not chosen:
         raise InputError(f"no subject of the database matches {filters.describe()}", where)
     tidy = data.tidy[data.tidy["subject"].isin(chosen)]

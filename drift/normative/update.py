@@ -37,10 +37,10 @@ from drift.measure.levels import level_name
 from drift.measure.sctcsv import (
     write_sct_csv,
 )
+from drift.normative.datasets import DATASETS, DESCRIPTION, load_data, stored_kind
 from drift.normative.layout import (
     DATA_DIR,
     PARTICIPANTS,
-    load_data,
     pam50_measurements,
     pam50_rows,
     read_participants,
@@ -61,6 +61,7 @@ from drift.normative.store import (
     NormativeVersion,
     check_db_name,
     copy_file,
+    layout_tags,
     model_version_ref,
     store_for,
 )
@@ -326,10 +327,10 @@ def update(
     scaling_json: str | Path | None = None,
     *,
     recompute: bool = False,
-    cohort: str | Path | None = None,
-    root: str | Path | None = None,
+    cohort: str | Path | Sequence[str | Path] | None = None,
+    root: str | Path | Sequence[str | Path] | None = None,
     contrast: str | None = None,
-    participants: str | Path | None = None,
+    participants: str | Path | Sequence[str | Path] | None = None,
     device: str = "auto",
     progress: bool = False,
     assume_baseline: bool = False,
@@ -339,17 +340,22 @@ def update(
 ) -> UpdateResult:
     """Make the next version of ``name`` for the model ``model_ref``: a rescale from the drift
     result ``scaling_json``, or (``recompute=True``) a recompute on ``cohort`` (on a
-    distributed ``engine``'s cluster when given: ``--scheduler``)."""
+    distributed ``engine``'s cluster when given: ``--scheduler``). Several cohorts (with
+    their ``root`` and ``participants`` in the same order, or none) make a multi-dataset
+    version: one dataset per cohort, named after it."""
     check_db_name(name)
     if (scaling_json is None) == (not recompute):
         raise InputError("give exactly one of --scaling RESULT.json and --recompute", name)
     store = store_for(registry)
     model = model_version_ref(store.reg, model_ref)
     if recompute:
-        if cohort is None:
-            raise InputError("--recompute needs --cohort MANIFEST (the images to segment)", name)
+        cohorts, roots, parts = _paired(cohort, root, participants, name)
+        if len(cohorts) > 1:
+            return _recompute_datasets(
+                store, name, model, cohorts, roots, contrast, parts, device, progress, engine
+            )
         return _recompute(
-            store, name, model, cohort, root, contrast, participants, device, progress, engine
+            store, name, model, cohorts[0], roots[0], contrast, parts[0], device, progress, engine
         )
     assert scaling_json is not None
     return _rescale(store, name, model, Path(scaling_json), assume_baseline, policy_path)
@@ -434,9 +440,14 @@ def _rescale(
             return plan.lookup.get((metric, level, slc))
 
         staged = work / "new"
-        for path in sorted((folder / DATA_DIR).iterdir()):
+        # Either layout: spinal_cord/*.csv, or spinal_cord/<DATASET>/ with its participants.tsv
+        # and descriptions (copied as they are).
+        for path in sorted(p for p in (folder / DATA_DIR).rglob("*") if p.is_file()):
+            out = staged / path.relative_to(folder)
+            if not path.name.endswith("_PAM50.csv"):
+                copy_file(path, out)
+                continue
             text = path.read_bytes().decode("utf-8")
-            out = staged / DATA_DIR / path.name
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(rescale_sct_text(text, factor, plan.metrics).encode("utf-8"))
         for path in sorted(folder.iterdir()):
@@ -490,6 +501,7 @@ def _rescale(
             "drift_result_sha256": str(record["drift_result_sha256"]),
             "policy_sha256": policy.sha256,
             "assume_baseline": "true" if problems else "false",
+            **layout_tags(data),
         }
         version = store.store(name, staged, tags)
     return UpdateResult(version, notes)
@@ -587,7 +599,8 @@ def _recompute(
             "parent": "" if parent is None else str(parent.version),
             "n_subjects": str(len(subjects)),
             "contrast": wanted,
-            "layout": "23",
+            "layout": "29",  # what write_sct_csv writes (SCT >= 7.4)
+            "db_layout": "single",
             "cohort": cohort.name,
             "cohort_sha256": cohort.manifest_sha256,
         }
@@ -614,3 +627,181 @@ def _participants_for(
     table = source.set_index("participant_id")
     rows = table.reindex(list(subjects)).astype(object).fillna("n/a")
     return rows.reset_index()
+
+
+def _as_list(value: str | Path | Sequence[str | Path] | None) -> list[str | Path]:
+    if value is None:
+        return []
+    if isinstance(value, str | Path):
+        return [value]
+    return list(value)
+
+
+def _paired(
+    cohort: str | Path | Sequence[str | Path] | None,
+    root: str | Path | Sequence[str | Path] | None,
+    participants: str | Path | Sequence[str | Path] | None,
+    name: str,
+) -> tuple[list[str | Path], list[str | Path | None], list[str | Path | None]]:
+    """--cohort, --root, --participants as lists of one length (a root or participants
+    table is given for every cohort, in the same order, or for none)."""
+    cohorts = _as_list(cohort)
+    if not cohorts:
+        raise InputError("--recompute needs --cohort MANIFEST (the images to segment)", name)
+    out: list[list[str | Path | None]] = []
+    for flag, value in (("--root", root), ("--participants", participants)):
+        given = _as_list(value)
+        if given and len(given) != len(cohorts):
+            raise InputError(
+                f"{len(cohorts)} --cohort but {len(given)} {flag}: give one {flag} per "
+                "--cohort, in the same order, or none",
+                str(given[0]),
+            )
+        out.append(list(given) if given else [None] * len(cohorts))
+    return cohorts, out[0], out[1]
+
+
+def _recompute_datasets(
+    store: NormativeStore,
+    name: str,
+    model: str,
+    cohort_refs: Sequence[str | Path],
+    roots: Sequence[str | Path | None],
+    contrast: str | None,
+    participants_paths: Sequence[str | Path | None],
+    device: str,
+    progress: bool,
+    engine: Engine | None = None,
+) -> UpdateResult:
+    """A recompute over several cohorts (BIDS-like trees): the multi-dataset layout, one
+    dataset per cohort (``spinal_cord/<cohort name>/``), each segmented in turn (on the
+    ``engine``'s cluster when given). A dataset's participants.tsv: its ``--participants``,
+    else the parent version's table of that dataset, else the cohort root's participants.tsv
+    (a BIDS tree has one), else bare ``participant_id`` rows."""
+    from drift.cohort.evaluate import evaluate_version
+    from drift.cohort.manifest import load_cohort
+    from drift.cohort.roots import ensure_root
+    from drift.cohort.verify import verify_cohort
+    from drift.provenance import base_provenance
+
+    parents = store.versions(name)
+    parent = parents[-1] if parents else None
+    cohorts = [load_cohort(ref) for ref in cohort_refs]
+    seen: dict[str, Path] = {}
+    for c in cohorts:
+        key = c.name.casefold()
+        if key in seen:
+            raise InputError(
+                f"dataset {c.name} given twice (two cohorts named {c.name}; first: {seen[key]})",
+                c.manifest,
+            )
+        seen[key] = c.manifest
+    cohort_roots = [ensure_root(c, r) for c, r in zip(cohorts, roots, strict=True)]
+    for c, r in zip(cohorts, cohort_roots, strict=True):
+        verify_cohort(c, r).raise_for_problems()
+    info = store.reg.resolve(model)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="cordwatch-normative-recompute-") as tmp:
+        work = Path(tmp)
+        parent_folder = None
+        if parent is not None:
+            parent_folder = store.fetch(parent, work / "parent")
+            if stored_kind(parent_folder) != DATASETS:
+                parent_folder = None
+        staged = work / "new"
+        datasets: list[dict[str, Any]] = []
+        for c, c_root, explicit in zip(cohorts, cohort_roots, participants_paths, strict=True):
+            wanted = contrast or (c.contrasts[0] if len(c.contrasts) == 1 else "T2w")
+            if wanted not in c.contrasts:
+                raise InputError(
+                    f"the cohort has no {wanted} images (contrasts: {', '.join(c.contrasts)}); "
+                    "choose one with --contrast",
+                    c.manifest,
+                )
+            provenance = base_provenance() | {"cohort": c.provenance(), "model": model}
+            measured = evaluate_version(
+                store.reg,
+                info,
+                c,
+                c_root,
+                cache_dir=store.reg.settings.home / "cache" / "segmentations",
+                device=device,
+                progress=progress,
+                provenance=provenance,
+                engine=engine,
+            )
+            table = pam50_measurements(measured.table[measured.table["contrast"] == wanted])
+            if table.empty:
+                raise InputError(f"no {wanted} image of the cohort could be measured", c.manifest)
+            if measured.failures:
+                notes.append(f"{c.name}: {len(measured.failures)} image(s) of the cohort failed")
+            folder = staged / DATA_DIR / c.name
+            subjects = sorted(table["subject"].unique())
+            images = {it.subject: it.image.path for it in c.items if it.contrast == wanted}
+            for subject in subjects:
+                write_sct_csv(
+                    pam50_rows(table[table["subject"] == subject]),
+                    folder / f"{subject}_{wanted}_PAM50.csv",
+                    filename=images.get(subject, subject),
+                    version=f"cordwatch {__version__} ({model})",
+                )
+            if explicit is not None:
+                source = read_participants(Path(explicit))
+            elif parent_folder is not None and (parent_folder / DATA_DIR / c.name).is_dir():
+                source = read_participants(parent_folder / DATA_DIR / c.name / PARTICIPANTS)
+            elif (c_root / PARTICIPANTS).is_file():
+                source = read_participants(c_root / PARTICIPANTS)
+            else:
+                source = pd.DataFrame({"participant_id": []})
+            rows = source.set_index("participant_id").reindex(subjects).astype(object)
+            rows.fillna("n/a").reset_index().to_csv(folder / PARTICIPANTS, sep="\t", index=False)
+            description = {
+                "name": c.name,
+                "contrast": wanted,
+                "GeneratedBy": [{"Name": "cordwatch", "Version": __version__, "Model": model}],
+                "cohort_manifest_sha256": c.manifest_sha256,
+            }
+            (folder / DESCRIPTION).write_text(json.dumps(description, indent=2) + "\n")
+            datasets.append(
+                {
+                    "dataset": c.name,
+                    "cohort": c.name,
+                    "cohort_manifest_sha256": c.manifest_sha256,
+                    "contrast": wanted,
+                    "subjects": subjects,
+                    "failures": measured.failures,
+                    "provenance": provenance,
+                }
+            )
+        (staged / RECORDS_DIR).mkdir()
+        record = {
+            "kind": "recompute",
+            "model": model,
+            "package_sha256": info.sha256,
+            "cohort": ",".join(c.name for c in cohorts),
+            "cohort_manifest_sha256": ",".join(c.manifest_sha256 for c in cohorts),
+            "datasets": datasets,
+            "parent": None if parent is None else parent.ref,
+        }
+        (staged / RECORDS_DIR / "recompute.json").write_text(
+            json.dumps(record, indent=2, default=str) + "\n"
+        )
+        n_subjects = sum(len(d["subjects"]) for d in datasets)
+        tags = {
+            "kind": "recompute",
+            "source": "recompute on cohorts "
+            + ", ".join(f"{c.name} ({c.manifest_sha256[:12]})" for c in cohorts),
+            "model": model,
+            "parent": "" if parent is None else str(parent.version),
+            "n_subjects": str(n_subjects),
+            "contrast": ",".join(sorted({str(d["contrast"]) for d in datasets})),
+            "layout": "29",  # what write_sct_csv writes (SCT >= 7.4)
+            "db_layout": DATASETS,
+            "datasets": ",".join(c.name for c in cohorts),
+            "n_datasets": str(len(cohorts)),
+            "n_records": str(n_subjects),
+            "cohort": ",".join(c.name for c in cohorts),
+            "cohort_sha256": ",".join(c.manifest_sha256 for c in cohorts),
+        }
+        version = store.store(name, staged, tags)
+    return UpdateResult(version, notes)
