@@ -7,13 +7,15 @@ import io
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 from matplotlib import image as mpimg
+from PIL import Image
 
-from drift.gate import report
+from drift.gate import figures_light, report
 from drift.gate.policy import DriftResult, drift_result
 from registry.errors import InputError
 
@@ -82,6 +84,72 @@ def test_history_figure_puts_v10_after_v2() -> None:
     c3 = next(line for line in ax.get_lines() if line.get_label() == "C3")
     assert list(c3.get_xdata()) == [1, 2, 9, 10]
     assert list(c3.get_ydata()) == [73.0, 72.0, 71.0, 70.0]
+
+
+def _report_figures(res: DriftResult, base: pd.DataFrame, cand: pd.DataFrame) -> dict[str, Any]:
+    return {
+        "scaling_levels": report.figure_scaling_levels(res),
+        "slice_profile": report.figure_slice_profile(res),
+        "bland_altman": report.figure_bland_altman(res, "area"),
+        "by_contrast": report.figure_by_contrast(base, cand, "area"),
+        "history": report.figure_history(HISTORY, highlight={"baseline": 2, "candidate": 10}),
+    }
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def test_figure_texts_are_drawn_inside_apart_and_off_the_data(failing) -> None:
+    # The figures' words are drawn by Pillow (figures_light), not matplotlib: every text
+    # lies inside the image, none on another, and no tick label, axis label or legend
+    # entry on a data area (issue 13: legends that hide nothing).
+    res, base, cand = failing
+    for name, fig in _report_figures(res, base, cand).items():
+        boxes = figures_light.text_boxes(fig)
+        width, height = fig.bbox.width, fig.bbox.height
+        for _, text, box in boxes:
+            assert box[0] >= 0 and box[1] >= 0, (name, text)
+            assert box[2] <= width and box[3] <= height, (name, text)
+        for i, (_, text, box) in enumerate(boxes):
+            for _, other, box2 in boxes[i + 1 :]:
+                assert not _overlap(box, box2), (name, text, other)
+        data = [(b.x0, height - b.y1, b.x1, height - b.y0) for b in (ax.bbox for ax in fig.axes)]
+        for role, text, box in boxes:
+            if role != "text":
+                assert not any(_overlap(box, d) for d in data), (name, role, text)
+        # What is drawn is where text_boxes says: dark pixels in every box.
+        png = np.asarray(Image.open(io.BytesIO(report.figure_png(fig))).convert("L"))
+        for role, text, box in boxes:
+            x0, y0, x1, y1 = (round(v) for v in box)
+            assert png[y0:y1, x0:x1].min() < 100, (name, role, text)
+    texts = {
+        name: [t for _, t, _ in figures_light.text_boxes(fig)]
+        for name, fig in _report_figures(res, base, cand).items()
+    }
+    # Units in the axis labels, every legend entry, the history's versions in number order.
+    assert "area (mm²)\nsubject level means" in texts["by_contrast"]
+    assert "candidate - baseline (mm²)" in texts["bland_altman"]
+    assert "scaling factor (unitless)\ncandidate / baseline, 95 % CI" in texts["scaling_levels"]
+    assert {"pass", "fail", "within ±warn margin", "fail margin"} <= set(texts["scaling_levels"])
+    assert {"baseline", "candidate", "median (dot), IQR (thick), range (thin)"} <= set(
+        texts["by_contrast"]
+    )
+    hist = texts["history"]
+    assert [t for t in hist if t.startswith("v")] == ["v1", "v2", "v9", "v10"]
+    assert {"level", "C3", "C4", "baseline v2", "candidate v10"} <= set(hist)
+
+
+def test_figures_create_no_matplotlib_ticks(failing) -> None:
+    # A matplotlib Tick is five artists (~4 ms each to make and draw, most of the report's
+    # time before figures_light): encoding makes none beyond the one per axis that
+    # matplotlib creates with the axes; the tick labels are still matplotlib's.
+    res, base, cand = failing
+    for name, fig in _report_figures(res, base, cand).items():
+        report.figure_png(fig)
+        for ax in fig.axes:
+            assert len(ax.xaxis.majorTicks) <= 1 and len(ax.yaxis.majorTicks) <= 1, name
+    assert report.figure_png(report.figure_history(HISTORY)).startswith(PNG_MAGIC)
 
 
 def test_write_report_files(tmp_path: Path, failing) -> None:

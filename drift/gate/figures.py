@@ -1,6 +1,8 @@
 """The drift report's figures (matplotlib object API on an Agg canvas: no pyplot state, no
 display needed; fixed margins instead of the constrained-layout solver; one artist per
-series, no per-point loops; legends outside the data).
+series, no per-point loops; legends outside the data). Their axes, texts and legends are
+light (:mod:`drift.gate.figures_light`: drawn by Pillow when encoded, not as matplotlib
+``Tick``/``Text``/``Legend`` artists, which were two thirds of the report's time).
 
 Scaling factor per level with CIs and margin bands; scaling factor along the slice (PAM50)
 axis with level boundaries; Bland-Altman per gated level; the metric per level per contrast
@@ -10,7 +12,6 @@ axis. Each function returns a ``Figure``; :func:`figure_png` encodes one.
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from drift.gate.compare import METRIC_UNITS, level_means
+from drift.gate.figures_light import legend, light_axes, light_png, set_ticks
 from drift.gate.policy import DriftResult
 from drift.measure.levels import level_name, level_number
 from registry.errors import InputError
@@ -126,34 +128,6 @@ def _margin_text(fail: float | None, warn: float | None) -> str:
     return f"fail ±{fail:g} %" + (f", warn ±{warn:g} %" if warn else "")
 
 
-def _bands(ax: Any, fail: float | None, warn: float | None) -> None:
-    """Shade the margin bands around 1: green within ±warn, amber to ±fail."""
-    if fail is not None:
-        ax.axhspan(1 - fail / 100, 1 + fail / 100, color="#ffe0b2", zorder=0, lw=0)
-        ax.axhline(1 - fail / 100, color="#c62828", lw=0.8, ls="--", zorder=1)
-        ax.axhline(1 + fail / 100, color="#c62828", lw=0.8, ls="--", zorder=1)
-    if warn is not None:
-        ax.axhspan(1 - warn / 100, 1 + warn / 100, color="#c8e6c9", zorder=0, lw=0)
-    ax.axhline(1.0, color="black", lw=0.6, zorder=1)
-
-
-def _legend_handles(entries: Sequence[tuple[str, dict[str, Any]]]) -> list[Any]:
-    """Proxy artists for a figure legend: ("label", {"kind": "line"|"patch"|"marker", ...})."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    out: list[Any] = []
-    for label, spec in entries:
-        kind = spec.pop("kind")
-        if kind == "patch":
-            out.append(Patch(label=label, **spec))
-        elif kind == "marker":
-            out.append(Line2D([], [], ls="none", marker="o", label=label, **spec))
-        else:
-            out.append(Line2D([], [], label=label, **spec))
-    return out
-
-
 def _slot_titles(ax: Any, centres: Sequence[float], titles: Sequence[str], size: float) -> None:
     """One title per slot of a one-axes figure, above the data (x in data units)."""
     for x, text in zip(centres, titles, strict=True):
@@ -234,7 +208,8 @@ def figure_scaling_levels(result: DriftResult) -> Figure:
         ax.scatter(x, sf, c=colours, s=26, zorder=3, lw=0)
     _slot_separators(ax, separators[:-1])
     _slot_titles(ax, centres, titles, 9)
-    ax.set_xticks(x, names, fontsize=8)
+    light_axes(ax, xsize=8, ygrid=True)
+    set_ticks(ax, "x", x, names)
     ax.set_xlim(-0.5, start - 0.5)
     ax.set_xlabel("vertebral level, per metric")
     widest = max((_margins(result, m)[0] or 1) for m in metrics) / 100 * 1.5 if metrics else 0.015
@@ -243,7 +218,6 @@ def figure_scaling_levels(result: DriftResult) -> Figure:
     pad = 0.08 * (ymax - ymin)
     ax.set_ylim(ymin - pad, ymax + pad)
     ax.yaxis.set_major_locator(MaxNLocator(6, steps=NICE_STEPS))
-    ax.grid(axis="y", alpha=0.3)
     ax.set_ylabel("scaling factor (unitless)\ncandidate / baseline, 95 % CI")
     entries: list[tuple[str, dict[str, Any]]] = [
         (st or "not gated", {"kind": "marker", "color": STATUS_COLOUR[st]})
@@ -255,9 +229,7 @@ def figure_scaling_levels(result: DriftResult) -> Figure:
         ("warn to fail margin", {"kind": "patch", "color": "#ffe0b2"}),
         ("fail margin", {"kind": "line", "color": "#c62828", "ls": "--", "lw": 0.8}),
     ]
-    fig.legend(
-        handles=_legend_handles(entries), loc="lower center", ncols=7, fontsize=8, frameon=False
-    )
+    legend(fig, entries, loc="lower center", ncols=7, size=8)
     return fig
 
 
@@ -271,6 +243,7 @@ def figure_slice_profile(result: DriftResult) -> Figure:
     fig = _figure(9.0, height, top=0.75, bottom=0.6, left=1.05, hspace=0.25)
     axes = fig.subplots(len(metrics), 1, squeeze=False, sharex=True)[:, 0]
     for row, (ax, metric) in enumerate(zip(axes, metrics, strict=True)):
+        light_axes(ax, xlabels=row == len(metrics) - 1, ygrid=True)
         prof = comp.slice_profile[comp.slice_profile["metric"] == metric].sort_values("slice")
         # Slices seen in too few subjects are noise, not a profile.
         prof = prof[prof["n"] >= result.policy.min_subjects]
@@ -299,7 +272,6 @@ def figure_slice_profile(result: DriftResult) -> Figure:
         )
         ax.yaxis.set_major_locator(MaxNLocator(4, steps=NICE_STEPS))
         if row:  # the level names once, above the top panel (the boundaries are on every panel)
-            ax.grid(axis="y", alpha=0.3)
             continue
         starts, ends = np.r_[0, change + 1], np.r_[change, len(s) - 1]
         for a, b in zip(starts, ends, strict=True):
@@ -312,7 +284,6 @@ def figure_slice_profile(result: DriftResult) -> Figure:
                 fontsize=8,
                 transform=ax.get_xaxis_transform(),
             )
-        ax.grid(axis="y", alpha=0.3)
     axes[-1].set_xlabel(
         f"slice (PAM50 index when normalised; rostral on the left; slices with "
         f"\u2265 {result.policy.min_subjects} subjects)"
@@ -324,9 +295,7 @@ def figure_slice_profile(result: DriftResult) -> Figure:
         ("fail margin", {"kind": "line", "color": "#c62828", "ls": "--", "lw": 0.8}),
         ("level boundary", {"kind": "line", "color": "grey", "ls": ":", "lw": 0.6}),
     ]
-    fig.legend(
-        handles=_legend_handles(entries), loc="upper center", ncols=4, fontsize=8, frameon=False
-    )
+    legend(fig, entries, loc="upper center", ncols=4, size=8)
     return fig
 
 
@@ -394,7 +363,8 @@ def figure_bland_altman(result: DriftResult, metric: str = "area") -> Figure:
     if extent > 0:
         ax.set_ylim(-1.15 * extent, 1.15 * extent)
     ax.set_xlim(-0.5, n - 0.5)
-    ax.set_xticks(np.arange(len(labels)), labels, fontsize=7)
+    light_axes(ax, xsize=7)
+    set_ticks(ax, "x", np.arange(len(labels)), labels)
     ax.yaxis.set_major_locator(MaxNLocator(6))
     ax.set_ylabel(f"candidate - baseline ({unit or 'unitless'})", fontsize=9)
     ax.set_xlabel(
@@ -456,12 +426,12 @@ def figure_by_contrast(
         ax.vlines(x, q[0.25], q[0.75], color=colour, lw=5, alpha=0.6)
         ax.plot(x, q[0.5], "o", color="black", ms=3, ls="none")
     ticks = sorted(position.items(), key=lambda kv: kv[1])
-    ax.set_xticks([x for _, x in ticks], [level_name(lev) for (_, lev), _ in ticks], fontsize=8)
+    light_axes(ax, xsize=8, ygrid=True)
+    set_ticks(ax, "x", [x for _, x in ticks], [level_name(lev) for (_, lev), _ in ticks])
     ax.set_xlim(-0.5, max(start, 1) - 0.5)
     _slot_separators(ax, separators[:-1])
     _slot_titles(ax, centres, contrasts, 10)
     ax.yaxis.set_major_locator(MaxNLocator(6))
-    ax.grid(axis="y", alpha=0.3)
     ax.set_xlabel("vertebral level, per contrast")
     ax.set_ylabel(_label(metric) + "\nsubject level means")
     entries = [
@@ -470,9 +440,7 @@ def figure_by_contrast(
     entries.append(
         ("median (dot), IQR (thick), range (thin)", {"kind": "marker", "color": "black", "ms": 3})
     )
-    fig.legend(
-        handles=_legend_handles(entries), loc="lower center", ncols=3, fontsize=8, frameon=False
-    )
+    legend(fig, entries, loc="lower center", ncols=3, size=8)
     return fig
 
 
@@ -496,31 +464,30 @@ def figure_history(
         left=0.9,
     )
     ax = fig.subplots()
+    light_axes(ax, xgrid=True, ygrid=True)
+    entries: list[tuple[str, dict[str, Any]]] = []
     for lev, grp in h.groupby("level", sort=True):
-        ax.plot(grp["version_number"], grp["value"], "o-", ms=4, lw=1.2, label=level_name(int(lev)))
-    for role, version in (highlight or {}).items():
-        ax.axvline(
-            version,
-            color=VERSION_COLOUR.get(role, "grey"),
-            lw=1,
-            ls="--",
-            label=f"{role} v{version}",
+        (line,) = ax.plot(
+            grp["version_number"], grp["value"], "o-", ms=4, lw=1.2, label=level_name(int(lev))
         )
-    ax.set_xticks(numbers, [f"v{v}" for v in numbers])
+        spec = {"kind": "line", "color": line.get_color(), "lw": 1.2, "marker": "o", "ms": 4}
+        entries.append((level_name(int(lev)), spec))
+    for role, version in (highlight or {}).items():
+        colour = VERSION_COLOUR.get(role, "grey")
+        ax.axvline(version, color=colour, lw=1, ls="--", label=f"{role} v{version}")
+        entries.append(
+            (f"{role} v{version}", {"kind": "line", "color": colour, "lw": 1, "ls": "--"})
+        )
+    set_ticks(ax, "x", numbers, [f"v{v}" for v in numbers])
     if numbers:
         ax.set_xlim(numbers[0] - 0.5, numbers[-1] + 0.5)
     ax.set_xlabel("model version (registry number)")
     ax.set_ylabel(_label(metric) + ", cohort mean")
-    ax.grid(alpha=0.3)
-    fig.legend(loc="center right", fontsize=8, title="level", title_fontsize=8, frameon=False)
+    legend(fig, entries, loc="center right", size=8, title="level")
     return fig
 
 
 def figure_png(fig: Figure) -> bytes:
-    """PNG bytes of a figure (Agg)."""
-    buf = io.BytesIO()
-    # zlib level 1: a third of the encoding time of the default 6, files a few % larger.
-    FigureCanvasAgg(fig).print_png(
-        buf, metadata={"Software": None}, pil_kwargs={"compress_level": 1}
-    )
-    return buf.getvalue()
+    """PNG bytes of a figure (Agg; the light axes and texts drawn by Pillow; zlib level 1: a
+    third of the encoding time of the default 6, files a few % larger)."""
+    return light_png(fig, compress_level=1)
