@@ -180,7 +180,7 @@ def _leaf_commands() -> dict[str, Any]:
 # For each command: arguments, and a function it calls inside (patched to raise).
 # "OUT" is replaced by a result path that must not exist afterwards.
 BOUNDARY: dict[str, tuple[list[str], str]] = {
-    "morphometry": (["SEG", "-o", "OUT"], "drift.measure.morphometry.slice_metrics"),
+    "morphometry": (["SEG", "-o", "OUT"], "drift.measure.morphometry.slice_metric_arrays"),
     "demo": (["--out", "OUT"], "drift.cli.demo.phantom_level_accuracy"),
     "serve": (["--port", "1"], "drift.service.checks.CheckSettings.load"),
     "models register": (["m", "SEG"], "registry.api.connect"),

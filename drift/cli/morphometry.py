@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from drift.measure.levels import SctRows
     from drift.measure.nifti import Volume
 
 
@@ -68,7 +69,12 @@ def _flips(path: Path) -> tuple[bool, bool, bool]:
     return rl, ap, si
 
 
-def morphometry_table(
+def morphometry_table(seg_path: Path, **options: Any) -> pd.DataFrame:
+    """:func:`morphometry_rows` as a DataFrame (SCT-named columns)."""
+    return morphometry_rows(seg_path, **options).to_frame()
+
+
+def morphometry_rows(
     seg_path: Path,
     *,
     vertfile: Path | None = None,
@@ -84,15 +90,19 @@ def morphometry_table(
     pmj_distance: float | None = None,
     pmj_extent: float = 20.0,
     warn: Callable[[str], None] | None = None,
-) -> pd.DataFrame:
+) -> SctRows:
     """Measure a segmentation file and aggregate as ``sct_process_segmentation`` does;
-    returns SCT-named columns. ``warn`` receives the one-line warnings (levels of ``vert``
-    that are absent); by default they go to stderr."""
+    returns SCT-named columns (rows built with numpy, no pandas). ``warn`` receives the
+    one-line warnings (levels of ``vert`` that are absent); by default they go to stderr."""
     import numpy as np
 
-    from drift.measure.levels import aggregate, slice_levels_from_discs, slice_levels_from_labeled
-    from drift.measure.levels import normalize_pam50 as to_pam50
-    from drift.measure.morphometry import AngleCorrection, slice_metrics
+    from drift.measure.levels import (
+        aggregate_rows,
+        normalize_pam50_arrays,
+        slice_levels_from_discs,
+        slice_levels_from_labeled,
+    )
+    from drift.measure.morphometry import AngleCorrection, slice_metric_arrays
     from drift.measure.nifti import load_labels, load_segmentation
 
     say = warn or (lambda msg: typer.echo(f"cordwatch: warning: {msg}", err=True))
@@ -155,16 +165,18 @@ def morphometry_table(
                 f"level(s) {missing} asked by --vert are absent from {label_path}; "
                 f"going on with {sorted(wanted & present)}"
             )
-    metrics = slice_metrics(seg.data, seg.spacing, cast(AngleCorrection, angle_correction))
+    metrics = slice_metric_arrays(seg.data, seg.spacing, cast(AngleCorrection, angle_correction))
+    index = np.arange(nz)
     distance = None
     if pmj is not None:
         distance, slices = _pmj_slices(seg, pmj, pmj_distance, pmj_extent, perslice, slices)
     if normalize_pam50:
         assert levels is not None
-        metrics, levels = to_pam50(metrics, levels)
+        metrics, index, levels = normalize_pam50_arrays(metrics, levels)
         perslice = perslice or not perlevel
-    return aggregate(
+    return aggregate_rows(
         metrics,
+        index,
         levels,
         perslice=perslice,
         perlevel=perlevel,
@@ -326,7 +338,7 @@ def morphometry(
     if seg is None:
         raise InputError("give a segmentation (SEG) or --batch TABLE.tsv")
     refuse_outputs_onto_inputs({"--output": output}, [seg, vertfile, discfile, pmj])
-    table = morphometry_table(
+    table = morphometry_rows(
         seg,
         vertfile=vertfile,
         discfile=discfile,
@@ -355,10 +367,10 @@ def morphometry(
     _print_table(table)
 
 
-def _json_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
+def _json_rows(table: SctRows) -> list[dict[str, Any]]:
     """The table's rows for ``--json``: NaN as null (JSON has no NaN), numpy scalars as numbers."""
     rows = []
-    for record in table.to_dict("records"):
+    for record in table.to_frame().to_dict("records"):
         row = {}
         for key, value in record.items():
             if hasattr(value, "item"):
@@ -388,7 +400,7 @@ def _run_batch(
 
     with open_engine(scheduler, say=say) as engine:
         report = run_batch(
-            table, out_dir, morphometry_table, options, engine, version=f"cordwatch-{__version__}"
+            table, out_dir, morphometry_rows, options, engine, version=f"cordwatch-{__version__}"
         )
     for name, error in report.failed.items():
         typer.echo(f"cordwatch: {table}: {name}: {error}", err=True)
@@ -398,7 +410,7 @@ def _run_batch(
         raise InputError(f"{len(report.failed)} of {n} rows failed (see above)", table)
 
 
-def _print_table(table: pd.DataFrame) -> None:
+def _print_table(table: SctRows) -> None:
     import numpy as np
     from rich.console import Console
     from rich.table import Table
@@ -417,7 +429,7 @@ def _print_table(table: pd.DataFrame) -> None:
     out = Table(show_header=True)
     for col in shown:
         out.add_column(col, justify="right")
-    for _, row in table.iterrows():
+    for row in table.records:
         cells = []
         for col in shown:
             value = row.get(col)

@@ -3,20 +3,29 @@
 Level numbers follow SCT: 1=C1 ... 7=C7, 8=T1 ... 19=T12, 20=L1 ... 24=L5. Disc labels follow
 SCT too: the disc between level N-1 and level N carries value N (C2/C3 disc = 3).
 
-All functions are pure (arrays and tables in, tables out).
+All functions are pure (arrays and tables in, tables out). The ``*_rows`` / ``*_arrays``
+functions work on numpy arrays; :func:`aggregate` and :func:`normalize_pam50` are their
+DataFrame faces.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from drift.measure.morphometry import METRIC_COLUMNS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported by the DataFrame wrappers only: the command line's morphometry
+# (slice metrics -> rows -> CSV) runs on numpy and the csv module.
 
 MAX_DISC = 25  # the L5/S1 disc
 LEVEL_PREFIXES: tuple[tuple[int, int, str], ...] = (
@@ -194,6 +203,28 @@ def _levels_interpolated(discs: np.ndarray) -> np.ndarray:
 
 
 @cache
+def _pam50_text() -> str:
+    return resources.files("drift.measure").joinpath("data/pam50_levels.csv").read_text()
+
+
+@cache
+def pam50_ranges() -> dict[int, tuple[int, int]]:
+    """PAM50 level -> (slice_min, slice_max) of the template (the table of
+    :func:`pam50_levels`, read without pandas).
+
+    >>> pam50_ranges()[3]
+    (871, 907)
+    """
+    import csv
+
+    lines = [line for line in _pam50_text().splitlines() if line and not line.startswith("#")]
+    return {
+        int(row["level"]): (int(row["slice_min"]), int(row["slice_max"]))
+        for row in csv.DictReader(lines)
+    }
+
+
+@cache
 def pam50_levels() -> pd.DataFrame:
     """The PAM50 level -> template slice table (``level, name, slice_min, slice_max,
     n_slices``), derived once from PAM50_levels.nii.gz; see drift/measure/data/pam50_levels.csv.
@@ -201,14 +232,17 @@ def pam50_levels() -> pd.DataFrame:
     >>> pam50_levels().set_index("name").loc["C3", ["slice_min", "slice_max"]].tolist()
     [871, 907]
     """
-    text = resources.files("drift.measure").joinpath("data/pam50_levels.csv").read_text()
     from io import StringIO
 
-    return pd.read_csv(StringIO(text), comment="#")
+    import pandas as pd
+
+    return pd.read_csv(StringIO(_pam50_text()), comment="#")
 
 
 def pam50_table_from_image(levels: np.ndarray) -> pd.DataFrame:
     """Rebuild the PAM50 table from the PAM50_levels volume (used to check the committed one)."""
+    import pandas as pd
+
     slice_level = slice_levels_from_labeled(levels)
     rows = []
     for level in np.unique(slice_level[slice_level > 0]):
@@ -259,6 +293,25 @@ def _stats(values: np.ndarray, metrics: list[str]) -> dict[str, float]:
     return out
 
 
+@dataclass(frozen=True)
+class SctRows:
+    """Aggregated rows in SCT's layout without pandas: ``columns`` in order, one dict per
+    row (``None`` / NaN for an empty cell)."""
+
+    columns: list[str]
+    records: list[dict[str, object]]
+    int_levels: bool = False  # VertLevel holds level numbers (per slice / per level)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The rows as :func:`aggregate` returns them (VertLevel as Int64 per slice/level)."""
+        import pandas as pd
+
+        out = pd.DataFrame(self.records, columns=self.columns)
+        if self.int_levels:
+            out["VertLevel"] = out["VertLevel"].astype("Int64")
+        return out
+
+
 def aggregate(
     metrics: pd.DataFrame,
     levels: np.ndarray | None,
@@ -286,14 +339,52 @@ def aggregate(
 
     ``slices`` restricts to those slices (SCT's ``-z``); ``distance_pmj`` (per slice, mm)
     fills ``DistancePMJ`` per slice, ``pmj_distance`` fills it for an aggregated row.
+    :func:`aggregate_rows` does the same on arrays.
 
+    >>> import pandas as pd
     >>> m = pd.DataFrame({"area": [1.0, 3.0, 5.0], "length": [1.0, 1.0, 1.0]})
     >>> out = aggregate(m, np.array([2, 2, 3]), perlevel=True)
     >>> out["VertLevel"].tolist(), out["MEAN(area)"].tolist()
     ([2, 3], [2.0, 5.0])
     """
     metric_cols = [c for c in METRIC_COLUMNS if c in metrics.columns]
-    index = metrics.index.to_numpy()
+    values = {c: metrics[c].to_numpy(dtype=float) for c in metric_cols}
+    rows = aggregate_rows(
+        values,
+        metrics.index.to_numpy(),
+        levels,
+        perslice=perslice,
+        perlevel=perlevel,
+        vert=vert,
+        slices=slices,
+        distance_pmj=distance_pmj,
+        pmj_distance=pmj_distance,
+    )
+    return rows.to_frame()
+
+
+def aggregate_rows(
+    metrics: Mapping[str, np.ndarray],
+    index: np.ndarray,
+    levels: np.ndarray | None,
+    *,
+    perslice: bool = False,
+    perlevel: bool = False,
+    vert: tuple[int, int] | None = None,
+    slices: np.ndarray | None = None,
+    distance_pmj: np.ndarray | None = None,
+    pmj_distance: float | None = None,
+) -> SctRows:
+    """:func:`aggregate` on arrays: ``metrics`` maps metric names to per-row arrays, ``index``
+    holds each row's slice number.
+
+    >>> out = aggregate_rows({"area": np.array([1.0, 3.0, 5.0])}, np.arange(3),
+    ...                      np.array([2, 2, 3]), perlevel=True)
+    >>> [(r["VertLevel"], r["MEAN(area)"]) for r in out.records]
+    [(2, 2.0), (3, 5.0)]
+    """
+    metric_cols = [c for c in METRIC_COLUMNS if c in metrics]
+    index = np.asarray(index)
     lv = np.zeros(len(index), dtype=int) if levels is None else np.asarray(levels).astype(int)
     selected = np.ones(len(index), dtype=bool)
     if slices is not None:
@@ -321,7 +412,11 @@ def aggregate(
         picked = np.flatnonzero(selected)
         groups = [(None, picked)] if len(picked) else []
     groups.sort(key=lambda item: tuple(index[item[1]]))
-    values = metrics[metric_cols].to_numpy(dtype=float)
+    values = (
+        np.column_stack([np.asarray(metrics[c], dtype=float) for c in metric_cols])
+        if metric_cols
+        else np.zeros((len(index), 0))
+    )
     rows = []
     for key, where in groups:
         row: dict[str, object] = {"Slice (I->S)": slice_list_text(index[where])}
@@ -329,7 +424,7 @@ def aggregate(
             level = int(lv[where[0]])
             row["VertLevel"] = level if level > 0 else None
         else:
-            row["VertLevel"] = key
+            row["VertLevel"] = int(key) if isinstance(key, (int, np.integer)) else key
         if pmj is not None and perslice:
             d = pmj[where[0]]
             row["DistancePMJ"] = round(float(d), 2) if np.isfinite(d) else None
@@ -340,10 +435,7 @@ def aggregate(
     columns = ["Slice (I->S)", "VertLevel", "DistancePMJ"]
     for m in metric_cols:
         columns += ["SUM(length)"] if m == "length" else [f"MEAN({m})", f"STD({m})"]
-    out = pd.DataFrame(rows, columns=columns)
-    if perslice or perlevel:
-        out["VertLevel"] = out["VertLevel"].astype("Int64")
-    return out
+    return SctRows(columns, rows, int_levels=perslice or perlevel)
 
 
 def normalize_pam50(metrics: pd.DataFrame, levels: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
@@ -359,24 +451,41 @@ def normalize_pam50(metrics: pd.DataFrame, levels: np.ndarray) -> tuple[pd.DataF
     the PAM50 level per row) for every PAM50 slice of the levels present, ascending I->S;
     unfilled PAM50 slices hold NaN.
     """
-    table = pam50_levels().set_index("level")
-    levels = np.asarray(levels)
+    import pandas as pd
+
     metric_cols = [c for c in METRIC_COLUMNS if c in metrics.columns]
-    present = [
-        int(v) for v in np.unique(levels[levels > 0]) if int(v) in table.index and int(v) < 49
-    ]
+    values, index, pam_level = normalize_pam50_arrays(
+        {c: metrics[c].to_numpy(dtype=float) for c in metric_cols}, levels
+    )
+    if not len(index):
+        return pd.DataFrame(columns=metric_cols), pam_level
+    out = pd.DataFrame(values, index=pd.Index(index, name="slice"), columns=metric_cols)
+    return out, pam_level
+
+
+def normalize_pam50_arrays(
+    metrics: Mapping[str, np.ndarray], levels: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """:func:`normalize_pam50` on arrays (``metrics[m][z]`` = metric m of subject slice z):
+    (metrics per PAM50 row, the PAM50 slice of each row, the PAM50 level of each row)."""
+    ranges = pam50_ranges()
+    levels = np.asarray(levels)
+    metric_cols = [c for c in METRIC_COLUMNS if c in metrics]
+    present = [int(v) for v in np.unique(levels[levels > 0]) if int(v) in ranges and int(v) < 49]
     if not present:
-        return pd.DataFrame(columns=metric_cols), np.array([], dtype=int)
+        empty = np.array([], dtype=int)
+        return {c: np.array([]) for c in metric_cols}, empty, empty
     subject = {lv: np.flatnonzero(levels == lv) for lv in present}
-    pam = {
-        lv: np.arange(int(table.loc[lv, "slice_min"]), int(table.loc[lv, "slice_max"]) + 1)
-        for lv in present
-    }
+    pam = {lv: np.arange(ranges[lv][0], ranges[lv][1] + 1) for lv in present}
     inner = present[1:-1]
     scale = float(np.mean([len(pam[lv]) / len(subject[lv]) for lv in inner])) if inner else None
-    target = np.concatenate([pam[lv] for lv in present])
-    out = pd.DataFrame(np.nan, index=pd.Index(np.sort(target), name="slice"), columns=metric_cols)
-    source = metrics[metric_cols].to_numpy(dtype=float)
+    index = np.sort(np.concatenate([pam[lv] for lv in present]))
+    out = np.full((len(index), len(metric_cols)), np.nan)
+    source = (
+        np.column_stack([np.asarray(metrics[c], dtype=float) for c in metric_cols])
+        if metric_cols
+        else np.zeros((len(levels), 0))
+    )
     for lv in present:
         z, slices_pam = subject[lv], pam[lv]
         n = len(z)
@@ -388,7 +497,9 @@ def normalize_pam50(metrics: pd.DataFrame, levels: np.ndarray) -> tuple[pd.DataF
         else:
             x_pam = np.arange(0, len(slices_pam), 1, dtype=float)
             x = np.linspace(0, len(slices_pam) - 1, n)
-        inter = np.stack([np.interp(x_pam, x, source[z, k]) for k in range(len(metric_cols))], 1)
+        inter = np.stack(
+            [np.interp(x_pam, x, source[z, k]) for k in range(len(metric_cols))], 1
+        ).reshape(len(x_pam), len(metric_cols))
         if outer:
             diff = len(inter) - len(slices_pam)
             if lv == present[0]:  # superior-most: anchored at its inferior (inner) end
@@ -397,10 +508,11 @@ def normalize_pam50(metrics: pd.DataFrame, levels: np.ndarray) -> tuple[pd.DataF
             else:  # inferior-most: anchored at its superior end
                 inter = inter[max(diff, 0) :]
                 slices_pam = slices_pam[max(-diff, 0) :]
-        out.loc[slices_pam, metric_cols] = inter
-    if "length" in out.columns:
-        out["length"] = np.nan
-    pam_level = np.zeros(int(out.index.max()) + 1, dtype=int)
+        out[np.searchsorted(index, slices_pam)] = inter
+    values = {c: out[:, k] for k, c in enumerate(metric_cols)}
+    if "length" in values:
+        values["length"] = np.full(len(index), np.nan)
+    pam_level = np.zeros(int(index.max()) + 1, dtype=int)
     for lv in present:
         pam_level[pam[lv]] = lv
-    return out, pam_level[out.index.to_numpy()]
+    return values, index, pam_level[index]

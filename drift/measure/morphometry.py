@@ -120,28 +120,51 @@ def correction_factors(tangent: np.ndarray, mode: AngleCorrection = "exact") -> 
 
 
 def smoothed_centerline(
-    z: np.ndarray, cx: np.ndarray, cy: np.ndarray, zref: np.ndarray, pz: float, smooth: float
+    z: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    zref: np.ndarray,
+    pz: float,
+    smooth: float,
+    *,
+    fitpack: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """SCT's ``bspline`` centerline fit: (x, y, dx/dz, dy/dz) at slices ``zref`` (voxels).
 
-    ``z``: slices holding cord, ``cx``/``cy``: their centre of mass in voxels.
+    ``z``: slices holding cord, ``cx``/``cy``: their centre of mass in voxels. FITPACK's
+    smoothing spline (``splrep``/``splev``, as SCT calls them), computed by
+    :mod:`drift.measure.spline` (numpy, same values to ~1e-12 voxel); ``fitpack=True`` calls
+    scipy's FITPACK itself, for callers that truncate the values to voxels, where SCT's
+    output depends on the sign of FITPACK's own rounding (a centerline at exactly 70.0
+    comes out 69.99999999999977 there, and truncates to 69).
     """
     n = len(z)
     if n < 2:
         x0 = np.full(len(zref), cx[0] if n else 0.0)
         y0 = np.full(len(zref), cy[0] if n else 0.0)
         return x0, y0, np.zeros(len(zref)), np.zeros(len(zref))
-    from scipy import interpolate
-
     degree = 3 if n > 3 else 1
     s = (n / len(zref)) ** 2 * smooth * pz / 3
-    tck_x = interpolate.splrep(z, cx, s=s, k=degree)
-    tck_y = interpolate.splrep(z, cy, s=s, k=degree)
+    if fitpack:
+        from scipy import interpolate
+
+        fx = interpolate.splrep(z, cx, s=s, k=degree)
+        fy = interpolate.splrep(z, cy, s=s, k=degree)
+        return (
+            interpolate.splev(zref, fx),
+            interpolate.splev(zref, fy),
+            interpolate.splev(zref, fx, der=1),
+            interpolate.splev(zref, fy, der=1),
+        )
+    from drift.measure.spline import smoothing_spline, spline_values
+
+    tck_x = smoothing_spline(z, cx, s, degree)
+    tck_y = smoothing_spline(z, cy, s, degree)
     return (
-        interpolate.splev(zref, tck_x),
-        interpolate.splev(zref, tck_y),
-        interpolate.splev(zref, tck_x, der=1),
-        interpolate.splev(zref, tck_y, der=1),
+        spline_values(*tck_x, zref),
+        spline_values(*tck_y, zref),
+        spline_values(*tck_x, zref, der=1),
+        spline_values(*tck_y, zref, der=1),
     )
 
 
@@ -175,7 +198,10 @@ def voxel_centerline(
     cx = (np.arange(mask.shape[0], dtype=float) @ per_x)[z] / counts[z]
     cy = (np.arange(mask.shape[1], dtype=float) @ per_y)[z] / counts[z]
     zref = np.arange(z[0], z[-1] + 1)
-    x, y, _, _ = smoothed_centerline(z.astype(float), cx, cy, zref.astype(float), pz, smooth)
+    # FITPACK itself: the disc projection rounds and truncates these values to voxels.
+    x, y, _, _ = smoothed_centerline(
+        z.astype(float), cx, cy, zref.astype(float), pz, smooth, fitpack=True
+    )
     return zref, np.asarray(x), np.asarray(y)
 
 
@@ -248,19 +274,68 @@ def _upsample_to_pixel(volume: np.ndarray, px: float, py: float) -> tuple[np.nda
 
 
 def _component_counts(binary: np.ndarray) -> np.ndarray:
-    """Number of in-plane (8-connected) components of every slice, in one labelling pass."""
-    from scipy import ndimage
+    """Number of in-plane (8-connected) components of every slice (``scipy.ndimage.label``
+    with a 3x3 in-plane structure, counted per slice), without scipy.
 
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[:, :, 1] = True
-    labels, n = ndimage.label(binary, structure=structure)
-    nz = binary.shape[2]
-    if n == 0:
-        return np.zeros(nz, dtype=int)
-    flat = labels.ravel()
-    idx = np.flatnonzero(flat)
-    _, first = np.unique(flat[idx], return_index=True)
-    return np.bincount(idx[first] % nz, minlength=nz)
+    A slice is one component when each of its rows (fixed x) holds one run of pixels along
+    y, the rows holding pixels are consecutive and each row's run touches the next one's
+    (8-connectivity: the runs overlap or meet diagonally): a vectorised test that almost
+    every cord slice passes. The other slices (several runs in a row: a hole, a fork, a
+    second blob) are labelled exactly, run by run (:func:`_slice_component_count`)."""
+    nx, ny, nz = binary.shape
+    counts = np.zeros(nz, dtype=int)
+    if nx == 0 or ny == 0:
+        return counts
+    starts = binary.copy()
+    starts[:, 1:, :] &= ~binary[:, :-1, :]
+    runs = starts.sum(axis=1)  # (nx, nz): runs per row
+    occupied = runs > 0
+    n_rows = occupied.sum(axis=0)
+    first_row = np.argmax(occupied, axis=0)
+    last_row = nx - 1 - np.argmax(occupied[::-1, :], axis=0)
+    first = np.argmax(binary, axis=1)  # (nx, nz): first pixel of each row's run
+    last = ny - 1 - np.argmax(binary[:, ::-1, :], axis=1)
+    both = occupied[:-1] & occupied[1:]
+    touch = (first[1:] <= last[:-1] + 1) & (first[:-1] <= last[1:] + 1)
+    simple = (
+        (runs <= 1).all(axis=0) & (last_row - first_row + 1 == n_rows) & (~both | touch).all(axis=0)
+    )
+    counts[n_rows > 0] = 1
+    for z in np.flatnonzero(~simple & (n_rows > 0)):
+        counts[z] = _slice_component_count(binary[:, :, z])
+    return counts
+
+
+def _slice_component_count(mask: np.ndarray) -> int:
+    """8-connected components of one 2D mask: runs along axis 1, joined row to row when
+    they overlap or touch diagonally (union-find over the runs)."""
+    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    step = np.diff(padded, axis=1)
+    parent: list[int] = []
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    previous: list[tuple[int, int, int]] = []
+    for row in range(mask.shape[0]):
+        begins = np.flatnonzero(step[row] == 1).tolist()
+        ends = (np.flatnonzero(step[row] == -1) - 1).tolist()
+        current = []
+        for lo, hi in zip(begins, ends, strict=True):
+            index = len(parent)
+            parent.append(index)
+            for plo, phi, pindex in previous:
+                if lo <= phi + 1 and plo <= hi + 1:
+                    a, b = root(index), root(pindex)
+                    if a != b:
+                        parent[max(a, b)] = min(a, b)
+            current.append((lo, hi, index))
+        previous = current
+    return sum(1 for i in range(len(parent)) if root(i) == i)
 
 
 def _row_extremes(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -447,12 +522,31 @@ def slice_metrics(
 
     Returns a DataFrame indexed by slice number (0..nz-1) with :data:`METRIC_COLUMNS` plus
     ``n_components``; slices without cord, or with two or more components, hold NaN.
+    :func:`slice_metric_arrays` gives the same columns as numpy arrays (no pandas).
 
     >>> seg = np.zeros((12, 9, 5)); seg[2:10, 3:6, :] = 1.0
     >>> m = slice_metrics(seg, (0.5, 0.5, 2.0))
     >>> m.loc[2, ["area", "angle_AP", "length", "diameter_AP"]].round(6).tolist()
     [6.0, 0.0, 2.0, 1.5]
     """
+    import pandas as pd
+
+    columns = slice_metric_arrays(seg, spacing, angle_correction, normalize, smooth)
+    n_comp = columns.pop("n_components")
+    frame = pd.DataFrame(columns, index=pd.RangeIndex(len(n_comp), name="slice"))
+    frame["n_components"] = n_comp
+    return frame
+
+
+def slice_metric_arrays(
+    seg: np.ndarray,
+    spacing: tuple[float, float, float],
+    angle_correction: AngleCorrection = "exact",
+    normalize: bool = True,
+    smooth: float = SMOOTH,
+) -> dict[str, np.ndarray]:
+    """:func:`slice_metrics` as ``{column: array over slices 0..nz-1}`` (the metrics of
+    :data:`METRIC_COLUMNS` and ``n_components``)."""
     if angle_correction not in ANGLE_CORRECTIONS:
         raise ValueError(f"angle correction must be one of {ANGLE_CORRECTIONS}")
     seg = np.asarray(seg)
@@ -465,7 +559,7 @@ def slice_metrics(
 
     present = seg > NEAR_ZERO
     if not present.any():
-        return _frame(columns, n_comp)
+        return {**columns, "n_components": n_comp}
     # Crop to the cord's bounding box in x, y plus one empty voxel (the bilinear ramp of the
     # edge voxels): everything below scales with the cropped size.
     xs = np.flatnonzero(present.any(axis=(1, 2)))
@@ -532,7 +626,7 @@ def slice_metrics(
     # Several pieces on a slice: no metric at all.
     for c in METRIC_COLUMNS:
         columns[c][n_comp >= 2] = np.nan
-    return _frame(columns, n_comp)
+    return {**columns, "n_components": n_comp}
 
 
 def _warp_like_sct(
@@ -568,14 +662,6 @@ def _warp_like_sct(
     lo, hi = warped.min(axis=(0, 1)), warped.max(axis=(0, 1))
     scale = np.divide(1.0, hi - lo, out=np.zeros(n, np.float32), where=hi > lo)
     return (warped - lo[None, None, :]) * scale[None, None, :], (wx0, wy0)
-
-
-def _frame(columns: dict[str, np.ndarray], n_comp: np.ndarray) -> pd.DataFrame:
-    import pandas as pd
-
-    frame = pd.DataFrame(columns, index=pd.RangeIndex(len(n_comp), name="slice"))
-    frame["n_components"] = n_comp
-    return frame
 
 
 def _shape_metrics(

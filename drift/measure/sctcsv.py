@@ -19,12 +19,18 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from drift.measure.morphometry import METRIC_COLUMNS
 from registry.errors import InputError
 from registry.fsutil import atomic_path
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from drift.measure.levels import SctRows
+
+# pandas is imported by the readers only: writing a CSV (cordwatch morphometry) needs none.
 
 #: Per-slice metrics of the 23-column layout with a MEAN/STD pair (length has SUM only).
 METRICS: tuple[str, ...] = (
@@ -100,6 +106,8 @@ def check_values(columns: dict[str, object], path: str | Path) -> None:
         if isinstance(values, np.ndarray) and values.dtype.kind == "f":
             v = values  # already floats (the pyarrow folder reader): no pandas round trip
         else:
+            import pandas as pd
+
             v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
         infinite = np.isinf(v)
         bad = infinite | ((v < 0) if col[col.index("(") + 1 : -1] in NON_NEGATIVE else False)
@@ -119,6 +127,8 @@ def read_sct_csv(path: str | Path) -> pd.DataFrame:
     Raises InputError naming the file when it is missing, empty, truncated, lacks SCT's
     columns or holds a physically impossible value (:func:`check_values`).
     """
+    import pandas as pd
+
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found", path)
@@ -138,6 +148,8 @@ def read_sct_csv(path: str | Path) -> pd.DataFrame:
 
 def _level_numbers(values: pd.Series) -> pd.Series:
     """VertLevel holds "3" per slice/level, "2:4" for a range, or nothing; ranges -> NaN."""
+    import pandas as pd
+
     return pd.to_numeric(values.astype(str).str.strip(), errors="coerce")
 
 
@@ -147,11 +159,14 @@ def sct_to_tidy(df: pd.DataFrame, subject: str, contrast: str) -> pd.DataFrame:
     Rows without a single integer level or slice are dropped (SCT writes empty VertLevel
     outside the labelled levels).
 
+    >>> import pandas as pd
     >>> raw = pd.DataFrame({"Slice (I->S)": ["10", "11"], "VertLevel": ["3", ""],
     ...                     "MEAN(area)": [70.0, 71.0]})
     >>> sct_to_tidy(raw, "sub-01", "T2w")[["subject", "level", "slice", "area"]].values.tolist()
     [['sub-01', 3, 10, 70.0]]
     """
+    import pandas as pd
+
     level = _level_numbers(df["VertLevel"])
     slice_ = pd.to_numeric(df["Slice (I->S)"], errors="coerce")
     keep = level.notna() & slice_.notna()
@@ -175,7 +190,7 @@ def sct_to_tidy(df: pd.DataFrame, subject: str, contrast: str) -> pd.DataFrame:
 
 
 def write_sct_csv(
-    rows: pd.DataFrame,
+    rows: pd.DataFrame | SctRows,
     path: str | Path,
     *,
     filename: str,
@@ -183,20 +198,46 @@ def write_sct_csv(
     layout: int = 29,
 ) -> Path:
     """Write rows (columns ``Slice (I->S)``, ``VertLevel``, ``DistancePMJ`` and SCT's
-    MEAN/STD/SUM columns) as an SCT CSV, atomically: SCT 7.4's 29 columns, or the older 23
-    (``layout=23``). Missing metric columns are left empty."""
+    MEAN/STD/SUM columns; a DataFrame or :class:`drift.measure.levels.SctRows`) as an SCT
+    CSV, atomically: SCT 7.4's 29 columns, or the older 23 (``layout=23``). Missing metric
+    columns are left empty. Written with the csv module, as pandas' ``to_csv`` wrote it
+    (``repr`` of floats, empty cells for NaN / None / NA)."""
+    import csv
+
+    from drift.measure.levels import SctRows
+
     columns = COLUMNS_29 if layout == 29 else COLUMNS_23
-    out = pd.DataFrame(index=rows.index, columns=columns, dtype=object)
-    for col in columns:
-        if col in rows.columns:
-            out[col] = rows[col]
-    out["Timestamp"] = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    out["SCT Version"] = version
-    out["Filename"] = filename
+    if isinstance(rows, SctRows):
+        records = rows.records
+    else:
+        present = [c for c in columns if c in rows.columns]
+        cells = [rows[c].tolist() for c in present]
+        records = [dict(zip(present, values, strict=True)) for values in zip(*cells, strict=True)]
+        if not present:
+            records = [{} for _ in range(len(rows))]
+    fixed = {
+        "Timestamp": _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
+        "SCT Version": version,
+        "Filename": filename,
+    }
     path = Path(path)
-    with atomic_path(path) as tmp:
-        out.to_csv(tmp, index=False, na_rep="")
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(columns)
+        for record in records:
+            writer.writerow(
+                [_cell(fixed[c]) if c in fixed else _cell(record.get(c)) for c in columns]
+            )
     return path
+
+
+def _cell(value: object) -> str:
+    """One CSV cell as pandas' to_csv writes it: '' for None / NaN / NA, else str()."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if type(value).__name__ in ("NAType", "NaTType"):  # pandas' missing values
+        return ""
+    return str(value)
 
 
 #: ``tidy.attrs`` key holding which ``diameter_AP`` a tidy table carries (diameter_ap_kind).
@@ -216,6 +257,7 @@ def pair_diameter_ap(
     compared with ellipse, never with the measured extent. Returns the two tables and a
     sentence saying what was compared (None when the kinds are not known on either side).
 
+    >>> import pandas as pd
     >>> old = pd.DataFrame({"diameter_AP": [7.0]}); old.attrs["diameter_AP"] = "ellipse"
     >>> new = pd.DataFrame({"diameter_AP": [6.8], "diameter_AP_ellipse": [7.1]})
     >>> new.attrs["diameter_AP"] = "measured"
