@@ -11,7 +11,7 @@ Usage::
     info.version, info.sha256                # 4, 'c0ffee...'
     folder = reg.pull("sc-seg@candidate")    # verified package folder in the cache
     reg.set_version_tags("sc-seg/4", {"cordwatch.drift.verdict": "pass"})
-    reg.promote("sc-seg/4")                  # moves champion; GateFailed without a pass verdict
+    reg.promote("sc-seg/4")                  # moves champion; GateFailed unless promotable
     reg.history("sc-seg")                    # [AliasEvent(...), ...] oldest first
 
 Model versions are MLflow registered-model versions; the package and a pyfunc wrapper are the
@@ -29,7 +29,8 @@ Tags (``--tag K=V``): free keys, with these conventional ones: ``task``, ``contr
 ``training_datasets``, ``release_tag``, ``source_url``, ``git_commit`` and ``parent``
 (lineage: ``NAME/V``, ``NAME@ALIAS`` or a bare version number of the same model, stored
 resolved as ``NAME/V``). Keys ``cordwatch.*`` / ``mlflow.*`` are written by cordwatch only;
-``set_version_tags`` may write ``cordwatch.drift.*`` (the drift verdict).
+``set_version_tags`` may write ``cordwatch.drift.*`` (the drift verdict; see
+:mod:`registry.promotion` for the tags that let ``champion`` move).
 
 Concurrency: on an embedded sqlite registry every write holds a file lock beside the
 database (``registry.db.lock``), so any number of processes may register at once. On a
@@ -68,6 +69,7 @@ from registry.manifest import (
     verify_tree,
 )
 from registry.package import stage_package
+from registry.promotion import GATED_ALIASES, PROMOTABLE_TAG, VERDICT_TAG, promotion_tags, refusal
 from registry.refs import Ref, check_alias, check_model_name, check_tag_key, parse_ref
 from registry.settings import (
     DB_NAME,
@@ -84,10 +86,6 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
-#: Tag written by the drift check; ``pass`` lets ``promote`` move a gated alias.
-VERDICT_TAG = "cordwatch.drift.verdict"
-#: Aliases that only move to a version with a passing drift verdict (unless forced).
-GATED_ALIASES = frozenset({"champion"})
 #: Run-relative artifact paths of a version.
 MODEL_PATH = "model"
 PACKAGE_ARTIFACT = f"{MODEL_PATH}/artifacts/package"
@@ -752,10 +750,11 @@ class Registry:
         """Set tags on a version (e.g. ``{"cordwatch.drift.verdict": "pass"}``); return it.
 
         User keys and ``cordwatch.drift.*`` are allowed; the other ``cordwatch.*`` tags
-        (sha256, file counts, ...) are immutable.
+        (sha256, file counts, ...) are immutable. A verdict set without
+        ``cordwatch.drift.promotable`` gets it by the old rule (``true`` for pass only).
         """
         checked = {}
-        for key, value in tags.items():
+        for key, value in promotion_tags(tags).items():
             reserved_ok = key.startswith("cordwatch.drift.")
             checked[check_tag_key(key, allow_reserved=reserved_ok)] = str(value)
         info = self.resolve(ref)
@@ -771,9 +770,10 @@ class Registry:
     ) -> AliasEvent | None:
         """Point ``alias`` at the version ``ref``; return the recorded move (None: no change).
 
-        ``champion`` moves only to a version tagged ``cordwatch.drift.verdict=pass``
-        (GateFailed, exit 1, otherwise). ``force=True`` overrides and needs a ``reason``;
-        both are recorded in the history.
+        ``champion`` moves only to a promotable version: ``cordwatch.drift.promotable=true``
+        (its drift check's policy promotes its verdict), or, checked before that tag existed,
+        ``cordwatch.drift.verdict=pass`` (:mod:`registry.promotion`); GateFailed, exit 1,
+        otherwise. ``force=True`` overrides and needs a ``reason``; both are recorded.
         """
         check_alias(alias)
         reason = (reason or "").strip()
@@ -783,13 +783,9 @@ class Registry:
             raise InputError(f"reason longer than {_MAX_REASON} characters", ref)
         info = self.resolve(ref)
         verdict = info.tags.get(VERDICT_TAG, "")
-        if alias in GATED_ALIASES and verdict != "pass" and not force:
-            state = f"verdict is {verdict!r}" if verdict else "no drift verdict yet"
-            raise GateFailed(
-                f"cannot move {alias}: {state} ({VERDICT_TAG}=pass needed; "
-                "override with --force --reason)",
-                info.ref,
-            )
+        refused = None if force else refusal(alias, info.tags)
+        if refused:
+            raise GateFailed(refused, info.ref)
         return self._move_alias(
             info.name, info.version, alias, reason=reason, forced=force, verdict=verdict
         )
@@ -875,6 +871,7 @@ def connect(uri: str | None = None, home: str | Path | None = None) -> Registry:
 
 __all__ = [
     "GATED_ALIASES",
+    "PROMOTABLE_TAG",
     "VERDICT_TAG",
     "AliasEvent",
     "ModelSummary",

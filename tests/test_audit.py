@@ -111,9 +111,9 @@ def test_audit_is_clean_after_a_gated_promotion(registry: Registry) -> None:
     assert "agree" in result.stdout
 
 
-def test_audit_flags_a_forced_champion_without_pass(registry: Registry) -> None:
+def test_audit_flags_a_forced_champion_that_is_not_promotable(registry: Registry) -> None:
     kinds = [f.kind for f in audit_model(registry, "cs")]
-    assert kinds == ["champion-not-pass"]
+    assert kinds == ["champion-not-promotable"]
     result = runner.invoke(app, ["models", "audit", "cs", "--json"])
     assert result.exit_code == 1
     doc = json.loads(result.stdout)
@@ -130,7 +130,7 @@ def test_audit_catches_an_alias_moved_with_the_plain_mlflow_client(registry: Reg
     found = {(f.kind, f.ref) for f in audit_model(registry, "cs")}
     assert ("alias-moved", "cs@champion") in found
     assert ("alias-removed", "cs@candidate") in found
-    assert ("champion-not-pass", "cs/1") in found
+    assert ("champion-not-promotable", "cs/1") in found
     result = runner.invoke(app, ["models", "audit", "cs"])
     assert result.exit_code == 1
     assert "moved outside cordwatch" in result.stdout
@@ -146,7 +146,7 @@ def test_audit_catches_a_verdict_tag_without_its_run(registry: Registry) -> None
     found = {(f.kind, f.ref) for f in audit_model(registry, "cs")}
     assert ("verdict-without-run", "cs/1") in found
     assert ("verdict-mismatch", "cs/2") in found
-    assert ("champion-not-pass", "cs/2") in found
+    assert ("champion-not-promotable", "cs/2") in found
 
 
 def test_morphometry_runs_log_every_metric_per_level() -> None:

@@ -754,6 +754,13 @@ if prog == "cordwatch":
             from registry.api import connect  # as the real check does: the verdict tag
 
             connect().set_version_tags(words[2], {"cordwatch.drift.verdict": verdict})
+        elif "/" in words[2]:  # the tags the real check writes on NAME/V (the policy's word)
+            promotable = cfg.get("promotable", verdict == "pass")
+            for v in cfg.get("versions", []):
+                if str(v["version"]) == words[2].rsplit("/", 1)[1]:
+                    v["tags"] = {**v.get("tags", {}), "cordwatch.drift.verdict": verdict,
+                                 "cordwatch.drift.promotable": str(promotable).lower()}
+            pathlib.Path(os.environ["STUB_CONFIG"]).write_text(json.dumps(cfg))
         finish(1 if verdict == "fail" else 0)
     if cmd == ("models", "list"):
         finish(0, json.dumps(cfg["versions"]))
@@ -1208,7 +1215,7 @@ def test_cordwatch_invocations_of_the_workflows() -> None:
         ("normative", "export"): set(),
         ("release", "candidate"): {"--name", "--model", "--local-only"},
         ("release", "outputs"): set(),
-        ("release", "gated"): {"--tree", "--path"},
+        ("release", "gated"): {"--tree", "--path", "--require-promotable"},
         ("release", "record"): {
             "--model",
             "--version",
@@ -1523,6 +1530,7 @@ def test_release_promotes_the_gated_version_after_the_normative_update(box: Sand
             "--result",
             f"{out}/drift-result.json",
         ],
+        ["models", "list", "sc-demo", "--json"],  # the verdict tags the check just wrote
         [
             "normative",
             "update",
@@ -1565,6 +1573,31 @@ def test_release_without_a_pass_changes_nothing(box: Sandbox, verdict: str) -> N
     assert ("models", "promote") not in commands
     assert not run.step("Upload the promotion record").ran
     assert run.step("Upload what a failed promotion left").ran
+
+
+@pytest.mark.parametrize("promotable", [True, False])
+def test_release_promotes_a_warn_only_when_the_policy_does(box: Sandbox, promotable: bool) -> None:
+    # The check's policy says `promotable: [pass, warn]` (tag cordwatch.drift.promotable=true)
+    # or is the default (false): the job decides as `models promote` does, not by "pass".
+    box.configure(
+        versions=_versions(box, gated=[7], other=[]),
+        champion={"version": 4, "sha256": "04" * 32},
+        verdict="warn",
+        promotable=promotable,
+    )
+    run = _promote(box)
+    commands = [tuple(c["argv"][:2]) for c in box.calls()]
+    if promotable:
+        assert run.status == "success", run.failures()
+        assert commands[-1] == ("models", "promote")
+        assert run.outputs == {"model": "sc-demo", "version": "7", "promoted": "true"}
+    else:
+        assert run.status == "failure"
+        assert ("normative", "update") not in commands
+        assert ("models", "promote") not in commands
+        log = run.step("check").log
+        assert "cannot move champion: verdict is 'warn' (the policy of its drift check does " in log
+        assert "::error::sc-demo/7 is not promotable under the gate policy" in log
 
 
 def test_release_recompute_mode(box: Sandbox) -> None:
@@ -1860,6 +1893,8 @@ def test_gated_version_picks_the_newest_registration_of_the_package() -> None:
         "sha256": "10" * 32,
         "champion": "4",
         "already": "false",
+        "verdict": "",
+        "promotable": "false",
     }
     same = gated_version(versions, {"version": 3, "sha256": "10" * 32}, "t", "models/demo")
     assert (same.version, same.already) == (3, True)
@@ -1918,7 +1953,9 @@ def test_cli_release_candidate_and_gated_print_workflow_outputs(tmp_path: Path) 
     champion.write_text(json.dumps({"version": 1, "sha256": "a"}))
     args = ["release", "gated", str(versions), str(champion), "--tree", "t", "--path", "m"]
     result = runner.invoke(app, args)
-    assert result.stdout == "version=2\nsha256=b\nchampion=1\nalready=false\n"
+    assert result.stdout == (
+        "version=2\nsha256=b\nchampion=1\nalready=false\nverdict=\npromotable=false\n"
+    )
     champion.write_text("{not json")
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and str(champion) in result.stderr

@@ -211,8 +211,8 @@ def registry_from(
 
     ``must_exist`` (read-only commands): an embedded sqlite registry that does not exist yet is
     an error naming the file (exit 2), never created: a read must not leave an empty
-    ``registry.db`` behind (:class:`NoRegistry`, which list commands turn into "nothing
-    registered").
+    ``registry.db`` behind (:class:`NoRegistry`). ``models list`` asks
+    :func:`nothing_registered` first: on a fresh ``$CORDWATCH_HOME`` its list is empty.
     """
     from registry.api import connect
 
@@ -234,6 +234,18 @@ def require_store(reg: Registry) -> None:
             "creates it; --registry or $CORDWATCH_HOME chooses another)",
             db,
         )
+
+
+def nothing_registered(reg: Registry) -> bool:
+    """True when ``reg`` is the default embedded registry (``$CORDWATCH_HOME/registry.db``)
+    and its file does not exist yet: nothing was registered, so a listing is empty (exit 0,
+    nothing created). A sqlite file named explicitly (``--registry``, ``MLFLOW_TRACKING_URI``)
+    that does not exist stays an error (:func:`require_store`): a typo must not read as an
+    empty registry."""
+    from registry.settings import DB_NAME, sqlite_path
+
+    db = sqlite_path(reg.settings.uri)
+    return db is not None and not db.is_file() and db == reg.settings.home / DB_NAME
 
 
 class NoRegistry(RegistryError):

@@ -11,20 +11,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
+import typer
 
-from drift.measure.levels import level_name
-from drift.measure.morphometry import slice_metrics
-from drift.measure.phantoms import make_subject
+from drift.cli.common import JSON_OPTION, command, print_json
+from registry.errors import GateFailed
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# numpy, pandas and the measuring code are imported inside the functions: ``cordwatch
+# --help`` imports this module (main.py registers the command) and must stay fast.
 
 
 def phantom_level_accuracy(n_subjects: int = 10, seed: int = 0) -> pd.DataFrame:
     """Per (subject, level): true CSA and the CSA measured on the soft and binary ground truth
     (``exact`` and ``sct`` angle correction). Pure: phantoms are generated in memory."""
+    import numpy as np
+    import pandas as pd
+
+    from drift.measure.morphometry import slice_metrics
+    from drift.measure.phantoms import make_subject
+
     rows = []
     for index in range(n_subjects):
         subject = make_subject(index, seed, contrasts=("T2w",))
@@ -50,6 +61,8 @@ def phantom_level_accuracy(n_subjects: int = 10, seed: int = 0) -> pd.DataFrame:
 
 def summarise(per_subject: pd.DataFrame) -> pd.DataFrame:
     """Per level: mean true CSA, mean measured CSA, and mean signed error (%) of each method."""
+    from drift.measure.levels import level_name
+
     table = per_subject.copy()
     methods = ["soft_exact", "soft_sct", "binary_exact"]
     for m in methods:
@@ -72,6 +85,8 @@ DEMO_MODEL = "cordseg-demo"
 
 @dataclass
 class DemoCheck:
+    """One drift check of the demo: what was checked, how it ended, where its files are."""
+
     label: str
     candidate: str
     verdict: str
@@ -79,10 +94,37 @@ class DemoCheck:
     report: Path
     area_factors: dict[str, float]
     promoted: bool = False
+    #: What ``cordwatch drift check`` exits with for this verdict (0 pass/warn, 1 fail).
+    exit_code: int = 0
+    #: The verdicts the policy lets become champion (default: pass only).
+    promotable: tuple[str, ...] = ("pass",)
+    #: The files written: ``json`` (the result), ``html``, ``markdown``, ``report_json``, ...
+    outputs: dict[str, Path] = field(default_factory=dict)
 
     @property
     def as_expected(self) -> bool:
         return self.verdict in self.expected
+
+    @property
+    def fate(self) -> str:
+        """The "champion?" column: promoted, or why not."""
+        return "promoted" if self.promoted else f"not promotable ({self.verdict})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.label,
+            "candidate": self.candidate,
+            "verdict": self.verdict,
+            "expected": list(self.expected),
+            "as_expected": self.as_expected,
+            "exit_code": self.exit_code,
+            "promotable": list(self.promotable),
+            "promoted": self.promoted,
+            "champion": self.fate,
+            "area_scaling": self.area_factors,
+            "report": str(self.report / "report.html"),
+            "files": {key: str(path) for key, path in self.outputs.items()},
+        }
 
 
 def release_zip(package: Path, dest: Path) -> Path:
@@ -169,6 +211,7 @@ def run_drift_demo(home: Path, out: Path, say: Callable[[str], None]) -> list[De
         )
         record_verdict(chk, outputs)
         area = chk.result.to_dict()["metrics"]["area"]["levels"]
+        promotable = tuple(getattr(chk.result.policy, "promotable", None) or ("pass",))
         checks.append(
             DemoCheck(
                 label,
@@ -177,15 +220,154 @@ def run_drift_demo(home: Path, out: Path, say: Callable[[str], None]) -> list[De
                 expected,
                 report_dir,
                 {lv: v["scaling_factor"] for lv, v in area.items() if v.get("gated")},
+                exit_code=chk.result.exit_code,
+                promotable=promotable,
+                outputs=dict(outputs),
             )
         )
-        if chk.result.verdict == "pass":
+        if chk.result.verdict in promotable:
             reg.promote(info.ref, "champion")
             checks[-1].promoted = True
-            say(f"{info.ref} promoted to champion (drift verdict pass)")
+            say(f"{info.ref} promoted to champion (drift verdict {chk.result.verdict})")
         else:
             say(
                 f"{info.ref} stays candidate: verdict {chk.result.verdict} is not promotable "
-                "(policy promotable: pass; `cordwatch models promote` refuses it)"
+                f"(policy promotable: {', '.join(promotable)}; `cordwatch models promote` "
+                "refuses it)"
             )
     return checks
+
+
+# ------------------------------------------------------------------------ the command --
+
+#: The columns of the instrument table: (heading, column of :func:`summarise`, format).
+_ACCURACY = (
+    ("level", "name", "{}"),
+    ("n", "n", "{}"),
+    ("true", "true", "{:.2f}"),
+    ("soft exact", "soft_exact", "{:.2f}"),
+    ("err %", "soft_exact_err_pct", "{:+.2f}"),
+    ("soft sct", "soft_sct", "{:.2f}"),
+    ("err %", "soft_sct_err_pct", "{:+.2f}"),
+    ("binary", "binary_exact", "{:.2f}"),
+    ("err %", "binary_exact_err_pct", "{:+.2f}"),
+)
+
+
+def _accuracy_rows(summary: pd.DataFrame) -> list[dict[str, Any]]:
+    """The instrument table as JSON rows (plain ints, floats and strings)."""
+    rows = []
+    for row in summary.to_dict("records"):
+        doc: dict[str, Any] = {"level": int(row["level"])}
+        for _, key, _ in _ACCURACY:
+            value = row[key]
+            if not isinstance(value, str):
+                value = int(value) if key == "n" else float(value)
+            doc[key] = value
+        rows.append(doc)
+    return rows
+
+
+@command
+def demo(
+    out: Path = typer.Option(
+        Path("demo-output"),
+        "--out",
+        metavar="DIR",
+        help="Where the reports go (and the demo registry, in DIR/home, unless $CORDWATCH_HOME "
+        "is set).",
+    ),
+    subjects: int = typer.Option(
+        10, "--subjects", metavar="N", help="Phantom subjects for the accuracy table."
+    ),
+    keep: bool = typer.Option(
+        False,
+        "--keep",
+        help="Keep an existing DIR/home registry instead of starting fresh ($CORDWATCH_HOME "
+        "is never deleted).",
+    ),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Run the main job on embedded defaults: phantom accuracy, then passing and failing drift
+    checks of the demo models (sqlite registry, local artifacts, phantom cohort, CPU).
+
+    The registry is $CORDWATCH_HOME when set (used as it is, never deleted), else DIR/home
+    (started fresh unless --keep); MLFLOW_TRACKING_URI is ignored (the demo always runs on an
+    embedded sqlite registry). The first lines say where everything is written. With --json
+    the tables and progress go to stderr and stdout holds one JSON object: the accuracy rows,
+    each check (verdict, exit code, promoted or not, report paths), where it wrote, the exit code.
+
+    Exit 0 when every check ends as expected (the re-release passes and is promoted, the
+    re-train is not failed: pass, or warn = not promotable under the default policy; the
+    biased model fails), 1 otherwise.
+    """
+    import shutil
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from registry.settings import HOME_ENV
+
+    console = Console(width=120, stderr=json_out)
+    summary = summarise(phantom_level_accuracy(subjects))
+    table = Table(title=f"1. The instrument: phantom CSA per level ({subjects} subjects), mm²")
+    for heading, _, _ in _ACCURACY:
+        table.add_column(heading, justify="right")
+    for row in summary.to_dict("records"):
+        table.add_row(*(fmt.format(row[key]) for _, key, fmt in _ACCURACY))
+    console.print(table)
+
+    env_home = os.environ.get(HOME_ENV, "").strip()
+    home = Path(env_home).expanduser() if env_home else out / "home"
+    if not env_home and home.exists() and not keep:
+        shutil.rmtree(home)
+    console.print(
+        f"registry: {home.resolve()} "
+        + (f"(${HOME_ENV})" if env_home else f"(set ${HOME_ENV} to choose; fresh unless --keep)")
+        + f"; reports: {out.resolve()}",
+        soft_wrap=True,
+    )
+    ignored = bool(os.environ.get("MLFLOW_TRACKING_URI", "").strip())
+    if ignored:
+        console.print(
+            "MLFLOW_TRACKING_URI is ignored: the demo runs on an embedded sqlite registry",
+            soft_wrap=True,
+        )
+    console.print("\n[bold]2. The gate[/]: demo models on the phantom cohort")
+    checks = run_drift_demo(home.resolve(), out.resolve(), lambda m: console.print(f"[dim]{m}[/]"))
+    result = Table(title="Drift checks (candidate vs champion)")
+    for col in ("check", "candidate", "verdict", "champion?", "area scaling per level"):
+        result.add_column(col)
+    for chk in checks:
+        factors = " ".join(f"{lv} {f:.3f}" for lv, f in chk.area_factors.items())
+        style = "green" if chk.as_expected else "bold red"
+        result.add_row(chk.label, chk.candidate, f"[{style}]{chk.verdict}[/]", chk.fate, factors)
+    console.print(result)
+    for chk in checks:
+        console.print(f"{chk.verdict} report: {chk.report / 'report.html'}", soft_wrap=True)
+    as_expected = all(chk.as_expected for chk in checks)
+    if json_out:
+        print_json(
+            {
+                "as_expected": as_expected,
+                "exit_code": 0 if as_expected else 1,
+                "registry": {
+                    "home": str(home.resolve()),
+                    "from": f"${HOME_ENV}" if env_home else "--out DIR/home",
+                    "mlflow_tracking_uri_ignored": ignored,
+                },
+                "reports": str(out.resolve()),
+                "accuracy": {
+                    "subjects": subjects,
+                    "unit": "mm²",
+                    "levels": _accuracy_rows(summary),
+                },
+                "checks": [chk.to_dict() for chk in checks],
+            }
+        )
+    if not as_expected:
+        raise GateFailed("a demo check did not end as expected (see the table above)")
+    console.print(
+        "every check ended as expected: the re-release passes and is promoted, the re-train "
+        "is not failed (a warn would stay candidate: not promotable), the biased model fails"
+    )

@@ -29,6 +29,7 @@ from drift.cli.common import (
     REGISTRY_HELP,
     REGISTRY_OPTION,
     command,
+    nothing_registered,
     print_json,
     quiet_mlflow,
     registry_from,
@@ -36,7 +37,7 @@ from drift.cli.common import (
 )
 
 models_app = typer.Typer(
-    help="Model registry on MLflow: register, list, show, pull, promote, history, diff.",
+    help="Model registry on MLflow: register, list, show, pull, promote, history, diff, audit.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -53,7 +54,7 @@ def models(
         help=REGISTRY_HELP,
     ),
 ) -> None:
-    """Model registry on MLflow: register, list, show, pull, promote, history, diff."""
+    """Model registry on MLflow: register, list, show, pull, promote, history, diff, audit."""
     ctx.ensure_object(dict)["registry"] = registry
     quiet_mlflow()
 
@@ -159,15 +160,26 @@ def list_(
     json_out: bool = _JSON,
     registry: str | None = REGISTRY_OPTION,
 ) -> None:
-    """List registered models, or the versions of one model ordered by number."""
+    """List registered models, or the versions of one model ordered by number.
+
+    On a fresh $CORDWATCH_HOME (no registry.db yet) the list of models is empty (exit 0, no
+    file created); a model NAME is not found there (exit 2), nor is a sqlite file named by
+    --registry or $MLFLOW_TRACKING_URI that does not exist (a typo, exit 2).
+    """
     from rich.console import Console
     from rich.table import Table
 
-    reg = registry_from(ctx, registry, must_exist=True)
+    reg = registry_from(ctx, registry)
+    fresh = name is None and nothing_registered(reg)
+    if not fresh:
+        require_store(reg)
     if name is None:
-        summaries = reg.list_models()
+        summaries = [] if fresh else reg.list_models()
         if json_out:
             print_json([s.to_dict() for s in summaries])
+            return
+        if not summaries:
+            typer.echo("no model registered")
             return
         table = Table("name", "versions", "latest", "aliases", "updated")
         for s in summaries:
@@ -300,7 +312,7 @@ def promote(
     ),
     alias: str = typer.Option("champion", "--alias", metavar="ALIAS", help="Alias to move."),
     force: bool = typer.Option(
-        False, "--force", help="Move champion without a passing drift verdict (needs --reason)."
+        False, "--force", help="Move champion to a version that is not promotable (needs --reason)."
     ),
     reason: str | None = typer.Option(
         None, "--reason", help="Why; recorded in the alias history (required with --force)."
@@ -308,7 +320,8 @@ def promote(
     json_out: bool = _JSON,
     registry: str | None = REGISTRY_OPTION,
 ) -> None:
-    """Move an alias to a version; champion needs cordwatch.drift.verdict=pass."""
+    """Move an alias to a version; champion needs a promotable one: a drift verdict that the
+    check's policy promotes (cordwatch.drift.promotable=true; default policy: pass only)."""
     event = registry_from(ctx, registry, must_exist=True).promote(
         ref, alias, force=force, reason=reason
     )
@@ -404,8 +417,8 @@ def audit(
     json_out: bool = _JSON,
     registry: str | None = REGISTRY_OPTION,
 ) -> None:
-    """Compare MLflow's aliases and verdict tags with cordwatch's history: a champion without
-    a pass verdict, a verdict tag without its drift run, an alias moved outside cordwatch.
+    """Compare MLflow's aliases and verdict tags with cordwatch's history: a champion that is
+    not promotable, a verdict tag without its drift run, an alias moved outside cordwatch.
 
     Exit 0 when everything agrees, 1 when something is wrong.
     """

@@ -33,6 +33,7 @@ from drift.cli.common import (
     REGISTRY_HELP,
     REGISTRY_OPTION,
     command,
+    nothing_registered,
     print_json,
     quiet_mlflow,
     registry_from,
@@ -239,7 +240,11 @@ def list_(
 
     from drift.normative.store import list_databases
 
-    versions = list_databases(registry=registry_from(ctx, registry, must_exist=True))
+    reg = registry_from(ctx, registry)
+    fresh = nothing_registered(reg)  # a fresh home: an empty list, nothing created
+    if not fresh:
+        require_store(reg)
+    versions = [] if fresh else list_databases(registry=reg)
     if json_out:
         print_json([v.to_dict() for v in versions])
         return

@@ -1,6 +1,6 @@
 """``cordwatch policy ...``: the file formats of the gate and of the normative database.
 
-    cordwatch policy schema [--kind gate|normative|scaling]
+    cordwatch policy schema [--kind gate|normative|scaling] [--json]
 
 ``schema`` prints the JSON Schema of a format (from its pydantic model) so that an editor can
 validate a policy file while it is written, e.g. with a first line
@@ -42,6 +42,12 @@ def schema(
         "rescale may stand in for a recompute (reference_data/normative_policy.yaml); "
         "scaling: the drift result `normative update --scaling` reads.",
     ),
+    json_out: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the result as JSON on stdout: the schema is JSON either way (accepted so "
+        "that every command that prints a result takes --json).",
+    ),
 ) -> None:
     """Print the JSON Schema (draft 2020-12) of a policy file format."""
     from pydantic import BaseModel
@@ -56,4 +62,5 @@ def schema(
         Kind.scaling: (ScalingResult, "cordwatch scaling result (drift result JSON)"),
     }
     model, title = formats[kind]
+    del json_out  # the schema is one JSON document already: --json changes nothing
     typer.echo(json_schema(model, title), nl=False)

@@ -75,7 +75,8 @@ def serve(
         "--normative",
         metavar="NAME",
         help="Normative database that follows its model's champion: when a version becomes "
-        "champion with a pass verdict, NAME gets its next version for it (repeatable).",
+        "champion (promotable under its verdict's policy), NAME gets its next version for it "
+        "(repeatable).",
     ),
     normative_mode: str = typer.Option(
         "rescale",

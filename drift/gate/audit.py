@@ -8,9 +8,10 @@
   the verdict and linking to the drift run (the verdict is otherwise one of many tags).
 * :func:`audit_model` (``cordwatch models audit NAME``): compares MLflow's aliases and
   verdict tags with cordwatch's own records (the alias history, the drift runs) and lists
-  what does not agree: a champion without a pass verdict, a verdict tag without its drift
-  run (or disagreeing with it), an alias moved or removed outside cordwatch (e.g. in the
-  MLflow UI, or with a plain ``MlflowClient``). MLflow itself keeps no trace of such edits.
+  what does not agree: a champion that is not promotable (by the rule ``promote`` applies,
+  :mod:`registry.promotion`), a verdict tag without its drift run (or disagreeing with it),
+  an alias moved or removed outside cordwatch (e.g. in the MLflow UI, or with a plain
+  ``MlflowClient``). MLflow itself keeps no trace of such edits.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import CordwatchError
+from registry.promotion import PROMOTABLE_TAG, VERDICT_TAG, is_promotable
 
 if TYPE_CHECKING:
     from drift.gate.policy import DriftResult
     from registry.api import Registry
 
-VERDICT_TAG = "cordwatch.drift.verdict"
 RUN_TAG = "cordwatch.drift.run_id"
 GATED_ALIAS = "champion"
 #: The paragraph of a version description that cordwatch owns (replaced at every check).
@@ -118,7 +119,7 @@ def verdict_description(
 class Finding:
     """One disagreement between MLflow and cordwatch's records."""
 
-    kind: str  # champion-not-pass | verdict-without-run | verdict-mismatch | alias-moved | ...
+    kind: str  # champion-not-promotable | verdict-without-run | verdict-mismatch | alias-moved
     ref: str
     message: str
 
@@ -170,11 +171,12 @@ def audit_model(reg: Registry, name: str) -> list[Finding]:
                 )
             )
 
-    # The champion must hold a pass verdict.
+    # The champion must be promotable, by the rule `promote` applies (registry.promotion).
     if GATED_ALIAS in aliases:
         champ = versions.get(aliases[GATED_ALIAS])
-        verdict = "" if champ is None else champ.tags.get(VERDICT_TAG, "")
-        if verdict != "pass":
+        tags = {} if champ is None else champ.tags
+        verdict = tags.get(VERDICT_TAG, "")
+        if not is_promotable(tags):
             ev = last.get(GATED_ALIAS)
             forced = (
                 f" (forced by {ev.who}: {ev.reason})"
@@ -182,9 +184,11 @@ def audit_model(reg: Registry, name: str) -> list[Finding]:
                 else ""
             )
             state = f"verdict {verdict!r}" if verdict else "no drift verdict"
+            if verdict and PROMOTABLE_TAG in tags:
+                state += f", {PROMOTABLE_TAG}={tags[PROMOTABLE_TAG]}"
             findings.append(
                 Finding(
-                    "champion-not-pass",
+                    "champion-not-promotable",
                     f"{name}/{aliases[GATED_ALIAS]}",
                     f"{name}@{GATED_ALIAS} is v{aliases[GATED_ALIAS]} with {state}{forced}",
                 )
@@ -208,6 +212,18 @@ def audit_model(reg: Registry, name: str) -> list[Finding]:
             )
             continue
         recorded = run.data.tags.get(VERDICT_TAG, "")
+        # A run from before the promotable tag says nothing; else version and run must agree
+        # (the tag is editable in the MLflow UI like any other).
+        flag, run_flag = info.tags.get(PROMOTABLE_TAG), run.data.tags.get(PROMOTABLE_TAG)
+        if run_flag is not None and flag != run_flag:
+            findings.append(
+                Finding(
+                    "verdict-mismatch",
+                    info.ref,
+                    f"{info.ref} is tagged {PROMOTABLE_TAG}={flag or 'nothing'} but its drift "
+                    f"run {run_id} says {run_flag}",
+                )
+            )
         if run.info.status != "FINISHED" or recorded != tagged:
             findings.append(
                 Finding(

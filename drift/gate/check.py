@@ -24,6 +24,7 @@ import pandas as pd
 
 from drift.cohort.evaluate import Measured, csa_history, evaluate_version, measure_cohort
 from registry.errors import InputError
+from registry.promotion import PROMOTABLE_TAG, VERDICT_TAG
 
 if TYPE_CHECKING:
     from drift.cohort.engine import Engine
@@ -254,11 +255,13 @@ def record_verdict(
     from mlflow.entities import Metric, Param
 
     from drift.gate.audit import gate_metrics, gate_params
-    from drift.gate.report import write_json, write_report
+    from drift.gate.report import promotable_verdicts, write_json, write_report
     from registry.api import connect
 
     reg = connect(registry_uri)
     result, cand, base = check.result, check.candidate, check.baseline
+    # What the report's next step says, recorded for `promote`, `models audit` and release.yml.
+    promotable = result.verdict in promotable_verdicts(result)
     exp_id = reg.ensure_experiment(DRIFT_EXPERIMENT)
     run = reg.client.create_run(
         exp_id,
@@ -267,7 +270,8 @@ def record_verdict(
             "cordwatch.model.name": cand.name,
             "cordwatch.candidate": cand.ref,
             "cordwatch.baseline": base.ref,
-            "cordwatch.drift.verdict": result.verdict,
+            VERDICT_TAG: result.verdict,
+            PROMOTABLE_TAG: _flag(promotable),
         },
     )
     run_id = run.info.run_id
@@ -302,6 +306,7 @@ def record_verdict(
         reg,
         cand.ref,
         verdict=result.verdict,
+        promotable=promotable,
         run_id=run_id,
         baseline_ref=base.ref,
         policy_sha256=str(result.provenance.get("policy_sha256", "")),
@@ -315,20 +320,25 @@ def tag_candidate(
     ref: str,
     *,
     verdict: str,
+    promotable: bool | None,
     run_id: str,
     baseline_ref: str,
     policy_sha256: str,
     cohort_sha256: str,
 ) -> None:
-    """Put a drift run's verdict on the candidate version: the verdict tags, then the version's
+    """Put a drift run's verdict on the candidate version: the verdict tags (with
+    ``cordwatch.drift.promotable``: whether the run's policy promotes the verdict; None, for a
+    run recorded before that tag existed, writes the old rule: pass only), then the version's
     description naming the verdict and linking the run (tags are easily missed). Idempotent, so
     a verdict whose run finished before a crash can be re-applied from the run alone."""
     from drift.gate.audit import verdict_description
 
+    flag = {} if promotable is None else {PROMOTABLE_TAG: _flag(promotable)}
     reg.set_version_tags(
         ref,
         {
-            "cordwatch.drift.verdict": verdict,
+            VERDICT_TAG: verdict,
+            **flag,
             "cordwatch.drift.run_id": run_id,
             "cordwatch.drift.baseline": baseline_ref,
             "cordwatch.drift.policy_sha256": policy_sha256,
@@ -339,3 +349,7 @@ def tag_candidate(
     exp_id = reg.client.get_run(run_id).info.experiment_id
     text = verdict_description(info.description, verdict, baseline_ref, run_id, exp_id)
     reg.client.update_model_version(info.name, str(info.version), description=text)
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from registry.errors import InputError
+from registry.errors import GateFailed, InputError
+from registry.promotion import VERDICT_TAG, is_promotable, refusal
 
 #: The manifest in which a branch names the model it proposes.
 CANDIDATE_MANIFEST = Path("models") / "candidate.yaml"
@@ -97,12 +98,16 @@ def resolve_candidate(
 
 @dataclass(frozen=True)
 class GatedVersion:
-    """The registered version of a package the release flow promotes."""
+    """The registered version of a package the release flow promotes, with its drift verdict
+    and whether ``cordwatch models promote`` would move champion to it (its tags, by the rule
+    of :mod:`registry.promotion`)."""
 
     version: int
     sha256: str
     champion: int
     already: bool  # champion holds this package already: nothing to promote
+    verdict: str = ""
+    promotable: bool = False
 
     def outputs(self) -> dict[str, str]:
         return {
@@ -110,16 +115,25 @@ class GatedVersion:
             "sha256": self.sha256,
             "champion": str(self.champion),
             "already": "true" if self.already else "false",
+            "verdict": self.verdict,
+            "promotable": "true" if self.promotable else "false",
         }
 
 
 def gated_version(
-    versions: Sequence[Mapping[str, Any]], champion: Mapping[str, Any], tree: str, path: str
+    versions: Sequence[Mapping[str, Any]],
+    champion: Mapping[str, Any],
+    tree: str,
+    path: str,
+    *,
+    require_promotable: bool = False,
 ) -> GatedVersion:
     """The newest version registered for the package with git object id ``tree`` (tag
     ``git_tree``, set by the drift gate), given ``cordwatch models list --json`` and
     ``models show NAME@champion --json``. Refuses an unknown package and a rollback (champion
-    newer than the package's version: moving champion back is a person's decision)."""
+    newer than the package's version: moving champion back is a person's decision); with
+    ``require_promotable``, also a version ``promote`` would refuse (GateFailed, exit 1), unless
+    champion holds the package already."""
     gated = [v for v in versions if (v.get("tags") or {}).get("git_tree") == tree]
     if not gated:
         raise InputError(
@@ -129,6 +143,7 @@ def gated_version(
         )
     latest = max(gated, key=lambda v: int(v["version"]))
     version, sha256 = int(latest["version"]), str(latest["sha256"])
+    tags = {str(k): str(v) for k, v in (latest.get("tags") or {}).items()}
     champ = int(champion["version"])
     already = champion["sha256"] == sha256
     if already:
@@ -139,7 +154,11 @@ def gated_version(
             "champion back is a person's decision",
             path,
         )
-    return GatedVersion(version, sha256, champ, already)
+    promotable = is_promotable(tags)
+    if require_promotable and not promotable and not already:
+        ref = f"{latest['name']}/{version}" if latest.get("name") else f"{path} (v{version})"
+        raise GateFailed(str(refusal("champion", tags)), ref)
+    return GatedVersion(version, sha256, champ, already, tags.get(VERDICT_TAG, ""), promotable)
 
 
 def promotion_record(

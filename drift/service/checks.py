@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.api import VERDICT_TAG
+from registry.api import PROMOTABLE_TAG, VERDICT_TAG
 from registry.errors import CordwatchError, RegistryError
 
 if TYPE_CHECKING:
@@ -255,12 +255,14 @@ class CheckStore:
         if not runs or not runs[0].data.tags.get(VERDICT_TAG):
             return None
         verdict = runs[0].data.tags[VERDICT_TAG]
+        flag = runs[0].data.tags.get(PROMOTABLE_TAG)  # absent: a run from before the tag
         if self._tagged_run_older(target.candidate.ref, runs[0].info.start_time):
             with self.reg.write_lock():
                 tag_candidate(
                     self.reg,
                     target.candidate.ref,
                     verdict=verdict,
+                    promotable=None if flag is None else flag == "true",
                     run_id=runs[0].info.run_id,
                     baseline_ref=target.baseline.ref,
                     policy_sha256=target.key.policy_sha256,

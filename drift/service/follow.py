@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.api import VERDICT_TAG
 from registry.errors import CordwatchError
+from registry.promotion import is_promotable
 
 if TYPE_CHECKING:
     from drift.service.checks import CheckSettings
@@ -72,7 +72,7 @@ def follow_champion(
         return []
     champion = reg.resolve(f"{model}/{aliases['champion']}")
     run_id = champion.tags.get("cordwatch.drift.run_id")
-    if champion.tags.get(VERDICT_TAG) != "pass" or not run_id:
+    if not is_promotable(champion.tags) or not run_id:
         return []  # not through the gate (e.g. a forced first champion): nothing to follow
     made: list[str] = []
     versions = list_databases(registry=reg)
