@@ -686,13 +686,16 @@ SCT_CROP = REPO / "models" / "demo" / "demo-sct-crop"
 
 @pytest.mark.slow
 def test_cropped_model_agrees_with_full_image_inference(tmp_path: Path) -> None:
-    """models/demo/demo-sct-crop (SCT v4 layout: demo-good fine-tuned on crops around the cord
-    and on whole images) run by the cohort runner with SCT's pipeline, cropped by the ground
-    truth with its own paddings, against the same weights without crop_metadata.json
-    (reoriented, not cropped). The pipeline is exact (a whole-image box is voxel-identical, see
-    test_demo_model_cropped_versus_full_image); what is left is the model's answer to the
-    crop's context and normalisation: measured +0.6 to +2.4 % per level on these 6 images,
-    +0.7 to +1.9 % on the 30-image demo cohort (model card), not the issue's 0.2 %."""
+    """models/demo/demo-sct-crop (SCT v4 layout, trained on crops around the cord and on whole
+    images, a 32-voxel patch smaller than any of its crops) run by the cohort runner with SCT's
+    pipeline, cropped by the ground truth with its own 13 mm paddings, against the same weights
+    without crop_metadata.json (reoriented, not cropped). The pipeline is exact (a whole-image
+    box is voxel-identical, see test_demo_model_cropped_versus_full_image); what is left is the
+    model's answer to the crop's context and its own z-score. Measured on these 6 images:
+    -0.13 to +0.26 % per level (mean |shift| 0.09 %); on the 30-image demo cohort +0.0 to
+    +0.36 % (mean 0.17 %, model card). The issue's 0.2 % holds for the mean over levels, not
+    for every level. The first version (a 48-voxel patch, so nnU-Net zero-padded every crop)
+    moved +0.6 to +2.4 % here and fails both bounds."""
     from drift.cohort.evaluate import measure
 
     pipeline = sp.pipeline_for_package(SCT_CROP)
@@ -730,4 +733,5 @@ def test_cropped_model_agrees_with_full_image_inference(tmp_path: Path) -> None:
             assert set(meta["pipeline_steps"]["crop_box"]) == set(sp.BOX_KEYS)
     shift = 100 * (areas["crop"] / areas["full"] - 1)
     assert len(shift) >= 8  # C1..T2 on these phantoms
-    assert shift.abs().max() <= 3.0, shift.round(3).to_dict()  # demo-good: up to ~5 %
+    assert shift.abs().max() <= 0.5, shift.round(3).to_dict()  # demo-good: up to ~5 %
+    assert shift.abs().mean() <= 0.2, shift.round(3).to_dict()
