@@ -29,6 +29,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DATASET_JSON = {
     "channel_names": {"0": "T2w"},
@@ -68,6 +69,27 @@ def make_package(
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
     return root
+
+
+@contextlib.contextmanager
+def registry_of_versions(work: Path, name: str = "cordseg", versions: int = 3) -> Iterator[Any]:
+    """A test module's own embedded registry (``work/home`` as ``$CORDWATCH_HOME``,
+    ``MLFLOW_TRACKING_URI`` unset) with NAME/1..VERSIONS registered from one tiny package;
+    yields the :class:`registry.api.Registry`. The environment is restored on exit."""
+    import pytest
+
+    from registry.api import connect
+
+    home = work / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CORDWATCH_HOME", str(home))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        reg = connect(home=home)
+        pkg = make_package(work / "pkg", size=64)
+        for _ in range(versions):
+            reg.register(name, pkg)
+        yield reg
 
 
 def zip_package(

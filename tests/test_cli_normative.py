@@ -16,8 +16,8 @@ from drift.cli.main import app
 from drift.normative.layout import write_synthetic_db
 from drift.normative.store import NormativeStore, resolve
 from drift.normative.summary import summary, zscore
-from registry.api import Registry, connect
-from registry.testing import make_package
+from registry.api import Registry
+from registry.testing import registry_of_versions
 
 runner = CliRunner()
 
@@ -38,14 +38,7 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("cli-normative")
     home = work / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CORDWATCH_HOME", str(home))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-        reg = connect(home=home)
-        pkg = make_package(work / "pkg", size=64)
-        for _ in range(3):
-            reg.register("cordseg", pkg)
+    with registry_of_versions(work, versions=3) as reg:
         yield Env(reg, home, work, write_synthetic_db(work / "src", 8))
 
 

@@ -45,7 +45,7 @@ from drift.normative.summary import summary, zscore
 from drift.normative.update import rescale_plan, rescale_sct_text, update
 from registry.api import Registry, connect
 from registry.errors import InputError, IntegrityError, RegistryError
-from registry.testing import make_package
+from registry.testing import make_package, registry_of_versions
 
 METRICS = ("area", "diameter_AP", "diameter_RL", "eccentricity", "solidity")
 
@@ -62,14 +62,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     """One registry for the module (its own CORDWATCH_HOME) with cordseg/1..3 registered."""
     work = tmp_path_factory.mktemp("normative")
     home = work / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CORDWATCH_HOME", str(home))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-        reg = connect(home=home)
-        pkg = make_package(work / "pkg", size=64)
-        for _ in range(3):
-            reg.register("cordseg", pkg)
+    with registry_of_versions(work, versions=3) as reg:
         yield Env(reg, home, work)
 
 

@@ -33,8 +33,8 @@ from drift.normative.summary import (
     subject_level_means,
     summary,
 )
-from registry.api import Registry, connect
-from registry.testing import make_package
+from registry.api import Registry
+from registry.testing import registry_of_versions
 
 runner = CliRunner()
 
@@ -54,14 +54,7 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("normative-datasets")
     home = work / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CORDWATCH_HOME", str(home))
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-        reg = connect(home=home)
-        pkg = make_package(work / "pkg", size=64)
-        for _ in range(2):
-            reg.register("cordseg", pkg)
+    with registry_of_versions(work, versions=2) as reg:
         yield Env(reg, home, work)
 
 
