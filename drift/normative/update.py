@@ -507,40 +507,25 @@ def _rescale(
     return UpdateResult(version, notes)
 
 
-def _recompute(
+def _measure_cohort(
     store: NormativeStore,
-    name: str,
+    info: Any,
     model: str,
-    cohort_ref: str | Path,
-    root: str | Path | None,
-    contrast: str | None,
-    participants_path: str | Path | None,
+    cohort: Any,
+    cohort_root: Path,
+    wanted: str,
     device: str,
     progress: bool,
-    engine: Engine | None = None,
-) -> UpdateResult:
+    engine: Engine | None,
+) -> tuple[pd.DataFrame, list[Any], dict[str, Any]]:
+    """The cohort's ``wanted`` images measured in PAM50 space by the model (the tidy table),
+    the images of the cohort that failed, and the provenance recorded with the run. The whole
+    cohort is evaluated (and cached, shared with drift checks): a run logged for a subset under
+    the cohort's hash would be reused for the whole cohort later."""
     from drift.cohort.evaluate import evaluate_version
-    from drift.cohort.manifest import load_cohort
-    from drift.cohort.roots import ensure_root
-    from drift.cohort.verify import verify_cohort
     from drift.provenance import base_provenance
 
-    parents = store.versions(name)
-    parent = parents[-1] if parents else None
-    cohort = load_cohort(cohort_ref)
-    cohort_root = ensure_root(cohort, root)
-    verify_cohort(cohort, cohort_root).raise_for_problems()
-    wanted = contrast or (parent.contrast if parent and "," not in parent.contrast else "T2w")
-    if wanted not in cohort.contrasts:
-        raise InputError(
-            f"the cohort has no {wanted} images (contrasts: {', '.join(cohort.contrasts)}); "
-            "choose one with --contrast",
-            cohort.manifest,
-        )
-    info = store.reg.resolve(model)
     provenance = base_provenance() | {"cohort": cohort.provenance(), "model": model}
-    # The whole cohort is evaluated (and cached, shared with drift checks): a run logged for
-    # a subset under the cohort's hash would be reused for the whole cohort later.
     measured = evaluate_version(
         store.reg,
         info,
@@ -555,7 +540,42 @@ def _recompute(
     table = pam50_measurements(measured.table[measured.table["contrast"] == wanted])
     if table.empty:
         raise InputError(f"no {wanted} image of the cohort could be measured", cohort.manifest)
-    notes = [f"{len(measured.failures)} image(s) of the cohort failed"] if measured.failures else []
+    return table, list(measured.failures), provenance
+
+
+def _recompute(
+    store: NormativeStore,
+    name: str,
+    model: str,
+    cohort_ref: str | Path,
+    root: str | Path | None,
+    contrast: str | None,
+    participants_path: str | Path | None,
+    device: str,
+    progress: bool,
+    engine: Engine | None = None,
+) -> UpdateResult:
+    from drift.cohort.manifest import load_cohort
+    from drift.cohort.roots import ensure_root
+    from drift.cohort.verify import verify_cohort
+
+    parents = store.versions(name)
+    parent = parents[-1] if parents else None
+    cohort = load_cohort(cohort_ref)
+    cohort_root = ensure_root(cohort, root)
+    verify_cohort(cohort, cohort_root).raise_for_problems()
+    wanted = contrast or (parent.contrast if parent and "," not in parent.contrast else "T2w")
+    if wanted not in cohort.contrasts:
+        raise InputError(
+            f"the cohort has no {wanted} images (contrasts: {', '.join(cohort.contrasts)}); "
+            "choose one with --contrast",
+            cohort.manifest,
+        )
+    info = store.reg.resolve(model)
+    table, failures, provenance = _measure_cohort(
+        store, info, model, cohort, cohort_root, wanted, device, progress, engine
+    )
+    notes = [f"{len(failures)} image(s) of the cohort failed"] if failures else []
     with tempfile.TemporaryDirectory(prefix="cordwatch-normative-recompute-") as tmp:
         staged = Path(tmp) / "new"
         subjects = sorted(table["subject"].unique())
@@ -585,7 +605,7 @@ def _recompute(
             "cohort_manifest_sha256": cohort.manifest_sha256,
             "contrast": wanted,
             "subjects": subjects,
-            "failures": measured.failures,
+            "failures": failures,
             "parent": None if parent is None else parent.ref,
             "provenance": provenance,
         }
@@ -678,11 +698,9 @@ def _recompute_datasets(
     ``engine``'s cluster when given). A dataset's participants.tsv: its ``--participants``,
     else the parent version's table of that dataset, else the cohort root's participants.tsv
     (a BIDS tree has one), else bare ``participant_id`` rows."""
-    from drift.cohort.evaluate import evaluate_version
     from drift.cohort.manifest import load_cohort
     from drift.cohort.roots import ensure_root
     from drift.cohort.verify import verify_cohort
-    from drift.provenance import base_provenance
 
     parents = store.versions(name)
     parent = parents[-1] if parents else None
@@ -718,23 +736,11 @@ def _recompute_datasets(
                     "choose one with --contrast",
                     c.manifest,
                 )
-            provenance = base_provenance() | {"cohort": c.provenance(), "model": model}
-            measured = evaluate_version(
-                store.reg,
-                info,
-                c,
-                c_root,
-                cache_dir=store.reg.settings.home / "cache" / "segmentations",
-                device=device,
-                progress=progress,
-                provenance=provenance,
-                engine=engine,
+            table, failures, provenance = _measure_cohort(
+                store, info, model, c, c_root, wanted, device, progress, engine
             )
-            table = pam50_measurements(measured.table[measured.table["contrast"] == wanted])
-            if table.empty:
-                raise InputError(f"no {wanted} image of the cohort could be measured", c.manifest)
-            if measured.failures:
-                notes.append(f"{c.name}: {len(measured.failures)} image(s) of the cohort failed")
+            if failures:
+                notes.append(f"{c.name}: {len(failures)} image(s) of the cohort failed")
             folder = staged / DATA_DIR / c.name
             subjects = sorted(table["subject"].unique())
             images = {it.subject: it.image.path for it in c.items if it.contrast == wanted}
@@ -769,7 +775,7 @@ def _recompute_datasets(
                     "cohort_manifest_sha256": c.manifest_sha256,
                     "contrast": wanted,
                     "subjects": subjects,
-                    "failures": measured.failures,
+                    "failures": failures,
                     "provenance": provenance,
                 }
             )
