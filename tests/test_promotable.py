@@ -16,7 +16,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -31,31 +30,11 @@ from drift.gate.report import next_step
 from registry.api import PROMOTABLE_TAG, VERDICT_TAG, Registry, connect
 from registry.errors import GateFailed
 from registry.promotion import is_promotable, promotion_tags, refusal
+from tests.synthetic_tables import tables
 
 MODELS = Path(__file__).resolve().parents[1] / "models" / "demo"
 WARN_SCALE = 0.995
 runner = CliRunner()
-
-
-def tables(scale_c4: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """6 subjects x T2w x C2..T1 x 3 slices; candidate = baseline x 0.3 % noise (as
-    tests/test_audit.py), its area at C4 scaled by ``scale_c4``."""
-    rng = np.random.default_rng(1)
-    rows = [
-        (f"sub-{s:02d}", "T2w", lev, 100 - 5 * lev + k)
-        for s in range(6)
-        for lev in range(2, 9)
-        for k in range(3)
-    ]
-    base = pd.DataFrame(rows, columns=["subject", "contrast", "level", "slice"])
-    base["area"] = 75.0 * np.exp(rng.normal(0, 0.05, len(base)))
-    base["diameter_AP"] = 8.0 * np.exp(rng.normal(0, 0.02, len(base)))
-    base["diameter_RL"] = 12.0 * np.exp(rng.normal(0, 0.02, len(base)))
-    cand = base.copy()
-    cand["area"] *= np.exp(rng.normal(0, 0.003, len(base))) * np.where(
-        base["level"] == 4, scale_c4, 1.0
-    )
-    return base, cand
 
 
 @pytest.fixture()

@@ -11,7 +11,6 @@ its values).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import re
 import time
@@ -161,38 +160,24 @@ def _read_raw(path: Path) -> _Raw:
 
 def _read_raw_arrow(path: Path) -> _Raw | None:
     import pyarrow as pa
-    from pyarrow import csv as pacsv
 
-    from drift.measure.sctcsv import _REQUIRED
+    from drift.measure.sctcsv import _REQUIRED, read_arrow_table
 
-    try:
-        data = path.read_bytes()
-        data.decode("utf-8")  # pandas refuses a file that is not UTF-8 anywhere: so do we
-        end = data.find(b"\n")
-        header = next(csv.reader([data[: end if end >= 0 else len(data)].decode()]))
-    except (OSError, UnicodeDecodeError, StopIteration, csv.Error):
+    def column_types(names: list[str]) -> dict[str, Any] | None:
+        if len(set(names)) != len(names) or any(c not in names for c in _REQUIRED):
+            return None
+        types: dict[str, Any] = {_SLICE: pa.string(), _LEVEL: pa.string()}
+        types.update({src: pa.float64() for src, _ in _metric_sources() if src in names})
+        return types
+
+    read = read_arrow_table(path, column_types)
+    if read is None:
         return None
-    if not data.endswith((b"\n", b"\r")):
-        return None  # cut off: read_sct_csv names the file and the problem
-    names = [n.strip("\r") for n in header]
-    if len(set(names)) != len(names) or any(c not in names for c in _REQUIRED):
-        return None
-    types: dict[str, Any] = {_SLICE: pa.string(), _LEVEL: pa.string()}
-    types.update({src: pa.float64() for src, _ in _metric_sources() if src in names})
-    try:
-        table = pacsv.read_csv(
-            pa.BufferReader(data),
-            read_options=pacsv.ReadOptions(use_threads=False),
-            convert_options=pacsv.ConvertOptions(
-                column_types=types, include_columns=list(types), strings_can_be_null=False
-            ),
-        )
-    except (pa.ArrowException, ValueError):
-        return None
-    if table.num_rows == 0:
-        return None  # the pandas reader decides what an empty table means
+    _, table = read  # its columns in column_types' order
     raw: _Raw = {name: table.column(name).combine_chunks() for name in (_SLICE, _LEVEL)}
-    raw.update({name: table.column(name).to_numpy() for name in types if name not in raw})
+    raw.update(
+        {name: table.column(name).to_numpy() for name in table.column_names if name not in raw}
+    )
     return raw
 
 

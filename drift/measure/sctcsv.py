@@ -17,9 +17,9 @@ slice) and plain metric names (``area``, ``diameter_AP``, ...).
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from drift.measure.morphometry import METRIC_COLUMNS
 from registry.errors import InputError
@@ -119,6 +119,47 @@ def check_values(columns: dict[str, object], path: str | Path) -> None:
                 f"{int(bad.sum())} such row(s))",
                 path,
             )
+
+
+def read_arrow_table(
+    path: Path, column_types: Callable[[list[str]], dict[str, Any] | None]
+) -> tuple[list[str], Any] | None:
+    """The folder readers' fast path: the file read by pyarrow with the column types that
+    ``column_types(header names)`` gives, as (names, pyarrow table); None when the file is not
+    for this fast path (``column_types`` said None, not UTF-8, cut off, a value pyarrow
+    refuses, no rows): the caller's per-file pandas reader then reads it, or names the file
+    and the problem."""
+    import csv
+
+    import pyarrow as pa
+    from pyarrow import csv as pacsv
+
+    try:
+        data = path.read_bytes()
+        data.decode("utf-8")  # pandas refuses a file that is not UTF-8 anywhere: so do we
+        end = data.find(b"\n")
+        header = next(csv.reader([data[: end if end >= 0 else len(data)].decode()]))
+    except (OSError, UnicodeDecodeError, StopIteration, csv.Error):
+        return None
+    if not data.endswith((b"\n", b"\r")):
+        return None  # cut off: read_sct_csv names the file and the problem
+    names = [n.strip("\r") for n in header]
+    types = column_types(names)
+    if types is None:
+        return None
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pacsv.ReadOptions(use_threads=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, include_columns=list(types), strings_can_be_null=False
+            ),
+        )
+    except (pa.ArrowException, ValueError):
+        return None
+    if table.num_rows == 0:
+        return None  # the pandas reader decides what an empty table means
+    return names, table
 
 
 def read_sct_csv(path: str | Path) -> pd.DataFrame:

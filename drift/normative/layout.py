@@ -290,39 +290,29 @@ def _read_raw(path: Path) -> tuple[RawColumns, int]:
     return {c: raw[c].to_numpy() for c in kept}, layout
 
 
+def _numeric(names: list[str]) -> list[str]:
+    """The metric columns of an SCT per-slice header (MEAN, SUM and the physical STDs)."""
+    return [c for c in names if c.startswith(("MEAN(", "SUM(")) or c in _PHYSICAL_STD]
+
+
 def _read_raw_arrow(path: Path) -> tuple[RawColumns, int] | None:
-    import csv
-
     import pyarrow as pa
-    from pyarrow import csv as pacsv
 
-    try:
-        data = path.read_bytes()
-        data.decode("utf-8")  # pandas refuses a file that is not UTF-8 anywhere
-        end = data.find(b"\n")
-        header = next(csv.reader([data[: end if end >= 0 else len(data)].decode()]))
-    except (OSError, UnicodeDecodeError, StopIteration, csv.Error):
+    from drift.measure.sctcsv import read_arrow_table
+
+    def column_types(names: list[str]) -> dict[str, Any] | None:
+        if names != COLUMNS_23 and names != COLUMNS_29:
+            return None
+        # Slice and level as numbers too: in a per-slice file they are integers or empty; a
+        # level range ("2:4") makes pyarrow refuse the file, and the pandas reader takes it.
+        return {c: pa.float64() for c in (*_TEXT_COLUMNS, *_numeric(names))}
+
+    read = read_arrow_table(path, column_types)
+    if read is None:
         return None
-    names = [n.strip("\r") for n in header]
-    layout = 23 if names == COLUMNS_23 else 29 if names == COLUMNS_29 else 0
-    if not layout or not data.endswith((b"\n", b"\r")):
-        return None
-    # Slice and level as numbers too: in a per-slice file they are integers or empty; a
-    # level range ("2:4") makes pyarrow refuse the file, and the pandas reader takes it.
-    numeric = [c for c in names if c.startswith(("MEAN(", "SUM(")) or c in _PHYSICAL_STD]
-    types: dict[str, Any] = {c: pa.float64() for c in (*_TEXT_COLUMNS, *numeric)}
-    try:
-        table = pacsv.read_csv(
-            pa.BufferReader(data),
-            read_options=pacsv.ReadOptions(use_threads=False),
-            convert_options=pacsv.ConvertOptions(
-                column_types=types, include_columns=list(types), strings_can_be_null=False
-            ),
-        )
-    except (pa.ArrowException, ValueError):
-        return None
-    if table.num_rows == 0:
-        return None
+    names, table = read
+    layout = 23 if names == COLUMNS_23 else 29
+    numeric = _numeric(names)
     values = {c: table.column(c).to_numpy() for c in numeric}
     for c in numeric:
         v = values[c]
