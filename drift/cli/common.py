@@ -194,6 +194,125 @@ def readable_metavars() -> None:
     TyperOption._cordwatch_metavars = True  # type: ignore[attr-defined]
 
 
+class _Undecided(Exception):
+    """The value is not one that :func:`_plain_coercer` converts: typer's own coercion does."""
+
+
+def _plain_coercer(descriptor: Any) -> Callable[..., Any] | None:
+    """For a plain ``str``, ``int``, ``float``, ``bool`` or ``Path`` parameter (no parser,
+    choices, bounds, files, lists), the conversion that typer's pydantic TypeAdapter makes
+    of the values whose result is known without it: a value of the annotation's own type
+    passes unchanged (pydantic's lax mode returns it as is); a ``str`` path becomes
+    ``Path(value)`` (pydantic's path validator) and then goes through typer's own
+    ``coerce_cli_path`` checks. Anything else (``"1.5"`` for a float, a failed path check,
+    whose message quotes the raw value) raises :class:`_Undecided`."""
+    from pathlib import Path
+
+    from typer._param_types import coerce_cli_path, routes_to_path
+
+    info = descriptor.parameter_info
+    annotation = descriptor.annotation
+    if (
+        descriptor.file_annotation is not None
+        or info.parser is not None
+        or descriptor.is_choice
+        or descriptor.is_list
+        or descriptor.is_tuple
+        or getattr(info, "min", None) is not None
+        or getattr(info, "max", None) is not None
+        or getattr(info, "clamp", None)
+    ):
+        return None
+    if annotation in (str, int, float, bool):
+
+        def same_type(value: Any, param: Any, ctx: Any) -> Any:
+            if type(value) is annotation:
+                return value
+            raise _Undecided
+
+        return same_type
+    if annotation is Path and routes_to_path(annotation, info) and info.path_type in (None, Path):
+
+        def path(value: Any, param: Any, ctx: Any) -> Any:
+            if type(value) is not str and not isinstance(value, Path):
+                raise _Undecided
+            rv = Path(value) if type(value) is str else value
+            try:
+                return coerce_cli_path(rv, info, path_type=Path, param=param, ctx=ctx)
+            except typer.BadParameter:
+                raise _Undecided from None
+
+        return path
+    return None
+
+
+class _PlainRuntimeParam:
+    """typer's runtime coercion of one parameter, with the plain values converted here and
+    every other value (and every error) left to typer's own (pydantic) coercion, built only
+    then."""
+
+    def __init__(self, descriptor: Any, plain: Callable[..., Any]) -> None:
+        self.descriptor = descriptor
+        self.plain = plain
+        self.typer_own: Any = None
+
+    def coerce(self, value: Any, param: Any, ctx: Any) -> Any:
+        multi = param.multiple or param.nargs == -1
+        if value is None:  # as typer's RuntimeParam.coerce
+            return () if multi else None
+        if not multi:
+            try:
+                return self.plain(value, param, ctx)
+            except _Undecided:
+                pass
+        if self.typer_own is None:
+            from typer._coercion import build_runtime_param
+
+            self.typer_own = build_runtime_param(self.descriptor)
+        return self.typer_own.coerce(value, param=param, ctx=ctx)
+
+
+def plain_coercion() -> None:
+    """Command lines parse without pydantic: typer 0.29 builds a pydantic TypeAdapter for
+    every parameter that receives a value (importing pydantic, ~0.1 s of a ~0.7 s
+    ``cordwatch morphometry`` run) to turn ``"a.nii.gz"`` into ``Path("a.nii.gz")``. Plain
+    ``str``, ``int``, ``float``, ``bool`` and ``Path`` values are converted here exactly as
+    typer's adapter converts them (see :func:`_plain_coercer`); everything else, and every
+    error message, is still typer's (tests/test_levels_exact.py holds the two to each other
+    for every parameter). Installed once; a typer without these hooks is left alone."""
+    import importlib
+
+    hooks = {
+        "typer.core": ("_TyperParameter",),
+        "typer._coercion": ("build_runtime_param",),
+        "typer._param_types": ("coerce_cli_path", "routes_to_path"),
+    }
+    try:
+        modules = {name: importlib.import_module(name) for name in hooks}
+    except ImportError:  # another typer: its own coercion, untouched
+        return
+    if not all(hasattr(modules[m], a) for m, names in hooks.items() for a in names):
+        return
+    cls = modules["typer.core"]._TyperParameter
+    original = getattr(cls, "get_runtime_param", None)
+    if original is None or getattr(cls, "_cordwatch_plain", False):
+        return
+
+    def get_runtime_param(self: Any) -> Any:
+        if self._runtime_param is None:
+            try:
+                plain = _plain_coercer(self.type_descriptor)
+            except AttributeError:  # a descriptor of another shape: typer's own coercion
+                plain = None
+            self._runtime_param = (
+                original(self) if plain is None else _PlainRuntimeParam(self.type_descriptor, plain)
+            )
+        return self._runtime_param
+
+    cls.get_runtime_param = get_runtime_param
+    cls._cordwatch_plain = True
+
+
 def quiet_mlflow() -> None:
     """Quiet, fail-fast MLflow defaults for a command line (an explicit environment wins)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

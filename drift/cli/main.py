@@ -10,7 +10,7 @@ import typer
 
 from drift import __version__
 from drift.cli.cohort import cohort_app
-from drift.cli.common import SETTINGS, readable_metavars
+from drift.cli.common import SETTINGS, plain_coercion, readable_metavars
 from drift.cli.demo import demo
 from drift.cli.drift import drift_app
 from drift.cli.models import models_app
@@ -21,6 +21,7 @@ from drift.cli.release import release_app
 from drift.cli.serve import serve
 
 readable_metavars()
+plain_coercion()
 app = typer.Typer(
     name="cordwatch",
     help="Model registry and morphometric-drift gate for spinal-cord segmentation models.",

@@ -151,7 +151,7 @@ def morphometry_rows(
     if (perlevel or vert or normalize_pam50) and levels is None:
         raise InputError("--perlevel, --vert and --normalize-pam50 need --vertfile or --discfile")
     if vert is not None and levels is not None:
-        present = set(np.unique(levels[levels > 0]).tolist())
+        present = set(levels[levels > 0].tolist())
         wanted = set(range(vert[0], vert[1] + 1))
         if not wanted & present:
             raise InputError(

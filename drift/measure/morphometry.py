@@ -119,6 +119,11 @@ def correction_factors(tangent: np.ndarray, mode: AngleCorrection = "exact") -> 
     raise ValueError(f"angle correction must be one of {ANGLE_CORRECTIONS}, not {mode!r}")
 
 
+#: More cord slices than this: scipy's compiled FITPACK (the port's dense QR per knot round
+#: grows as slices x knots^2; 4x PAM50's cord: 0.7 s, scipy ms after its 0.2 s import).
+LONG_CENTERLINE = 2000
+
+
 def smoothed_centerline(
     z: np.ndarray,
     cx: np.ndarray,
@@ -133,10 +138,10 @@ def smoothed_centerline(
 
     ``z``: slices holding cord, ``cx``/``cy``: their centre of mass in voxels. FITPACK's
     smoothing spline (``splrep``/``splev``, as SCT calls them), computed by
-    :mod:`drift.measure.spline` (numpy, same values to ~1e-12 voxel); ``fitpack=True`` calls
-    scipy's FITPACK itself, for callers that truncate the values to voxels, where SCT's
-    output depends on the sign of FITPACK's own rounding (a centerline at exactly 70.0
-    comes out 69.99999999999977 there, and truncates to 69).
+    :mod:`drift.measure.spline` (numpy, same values to ~1e-12 voxel); ``fitpack=True`` runs
+    FITPACK's ``curfit``/``splev`` to the last bit (pure Python, slower), for callers that
+    truncate the values to voxels, where SCT's output depends on the sign of FITPACK's own
+    rounding (a centerline at exactly 70.0 comes out 69.99999999999977 there: 69).
     """
     n = len(z)
     if n < 2:
@@ -145,17 +150,18 @@ def smoothed_centerline(
         return x0, y0, np.zeros(len(zref)), np.zeros(len(zref))
     degree = 3 if n > 3 else 1
     s = (n / len(zref)) ** 2 * smooth * pz / 3
-    if fitpack:
+    if fitpack:  # FITPACK's own bits (drift.measure.spline's statement-by-statement port)
+        from drift.measure.spline import fitpack_spline, fitpack_values, spline_values
+
+        fx, fy = fitpack_spline(z, cx, s, degree), fitpack_spline(z, cy, s, degree)
+        x, y = fitpack_values(*fx, zref), fitpack_values(*fy, zref)
+        return x, y, spline_values(*fx, zref, der=1), spline_values(*fy, zref, der=1)
+    if n > LONG_CENTERLINE:  # compiled FITPACK: the port's dense QR grows as n * knots^2
         from scipy import interpolate
 
-        fx = interpolate.splrep(z, cx, s=s, k=degree)
-        fy = interpolate.splrep(z, cy, s=s, k=degree)
-        return (
-            interpolate.splev(zref, fx),
-            interpolate.splev(zref, fy),
-            interpolate.splev(zref, fx, der=1),
-            interpolate.splev(zref, fy, der=1),
-        )
+        tx, ty = (interpolate.splrep(z, c, s=s, k=degree) for c in (cx, cy))
+        x, y, dx, dy = (interpolate.splev(zref, f, der=d) for d in (0, 1) for f in (tx, ty))
+        return x, y, dx, dy
     from drift.measure.spline import smoothing_spline, spline_values
 
     tck_x = smoothing_spline(z, cx, s, degree)
@@ -187,10 +193,8 @@ def voxel_centerline(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SCT's ``get_centerline`` of a segmentation: (zref, x, y) in voxels, one point per slice
     from the lowest to the highest slice holding any non-zero voxel."""
-    # Axis sums, not np.nonzero: fast whatever the array's memory order (F from NIfTI).
-    mask = np.asarray(seg) != 0
-    per_x = mask.sum(axis=1)  # (nx, nz)
-    per_y = mask.sum(axis=0)  # (ny, nz)
+    mask = np.asarray(seg) != 0  # axis sums: fast in any memory order (F from NIfTI)
+    per_x, per_y = mask.sum(axis=1), mask.sum(axis=0)  # (nx, nz), (ny, nz)
     counts = per_x.sum(axis=0)
     if not counts.any():
         raise ValueError("the segmentation is empty: no centerline")
@@ -198,10 +202,8 @@ def voxel_centerline(
     cx = (np.arange(mask.shape[0], dtype=float) @ per_x)[z] / counts[z]
     cy = (np.arange(mask.shape[1], dtype=float) @ per_y)[z] / counts[z]
     zref = np.arange(z[0], z[-1] + 1)
-    # FITPACK itself: the disc projection rounds and truncates these values to voxels.
-    x, y, _, _ = smoothed_centerline(
-        z.astype(float), cx, cy, zref.astype(float), pz, smooth, fitpack=True
-    )
+    # FITPACK's bits: the disc projection (drift.measure.levels) truncates these values.
+    x, y, _, _ = smoothed_centerline(z * 1.0, cx, cy, zref * 1.0, pz, smooth, fitpack=True)
     return zref, np.asarray(x), np.asarray(y)
 
 
@@ -242,35 +244,52 @@ def upsample_inplane(
     [[0.444, 0.667, 0.444], [0.667, 1.0, 0.667], [0.444, 0.667, 0.444]]
     """
 
-    def along(v: np.ndarray, axis: int, f: int) -> np.ndarray:
-        pad = [(0, 0)] * v.ndim
-        pad[axis] = (1, 1)
-        padded = np.pad(v, pad)
-        n = v.shape[axis]
-        lower = np.take(padded, np.arange(0, n), axis=axis)
-        centre = np.take(padded, np.arange(1, n + 1), axis=axis)
-        upper = np.take(padded, np.arange(2, n + 2), axis=axis)
-        parts = []
-        for j in range(f):
-            w = (j + 0.5) / f - 0.5
-            parts.append(centre * (1 - abs(w)) + (upper if w > 0 else lower) * abs(w))
-        stacked = np.stack(parts, axis=axis + 1)
-        shape = list(v.shape)
-        shape[axis] *= f
-        return stacked.reshape(shape)
-
-    return along(along(volume, 0, factor), 1, factor if factor_y is None else factor_y)
+    fy = factor if factor_y is None else factor_y
+    return _along(_along(volume, 0, factor), 1, fy)
 
 
-def _upsample_to_pixel(volume: np.ndarray, px: float, py: float) -> tuple[np.ndarray, float, float]:
-    """Upsample in-plane to SCT's 0.1 mm; returns (volume, effective fx, effective fy)."""
+def _along(v: np.ndarray, axis: int, f: int) -> np.ndarray:
+    """Bilinear upsampling of ``v`` by ``f`` along ``axis`` (grid mode, zero outside): output
+    sample ``k f + j`` blends input ``k`` with its lower or upper neighbour, written in place
+    into every ``f``-th element of one output array."""
+    pad = [(0, 0)] * v.ndim
+    pad[axis] = (1, 1)
+    padded = np.pad(v, pad)
+    n = v.shape[axis]
+
+    def part(lo: int) -> np.ndarray:
+        index: list[slice] = [slice(None)] * v.ndim
+        index[axis] = slice(lo, lo + n)
+        return padded[tuple(index)]
+
+    lower, centre, upper = part(0), part(1), part(2)
+    shape = list(v.shape)
+    shape[axis] *= f
+    out = np.empty(shape, np.result_type(v, 0.5))
+    for j in range(f):
+        w = (j + 0.5) / f - 0.5
+        index: list[slice] = [slice(None)] * v.ndim
+        index[axis] = slice(j, None, f)
+        target = out[tuple(index)]
+        np.multiply(centre, 1 - abs(w), out=target)
+        target += (upper if w > 0 else lower) * abs(w)
+    return out
+
+
+def _upsample_to_pixel(slices: np.ndarray, px: float, py: float) -> tuple[np.ndarray, float, float]:
+    """Upsample y-major slices (n, ny, nx) in-plane to SCT's 0.1 mm; returns (upsampled
+    slices (n, ny', nx'), effective fx, effective fy). Along x first, as upsample_inplane
+    (the same values): on the native rows, where the interleaving along the last axis is cheap."""
     fx, fy = px / PIXEL_MM, py / PIXEL_MM
     if abs(fx - round(fx)) < 1e-6 and abs(fy - round(fy)) < 1e-6 and fx >= 1 and fy >= 1:
-        return upsample_inplane(volume, round(fx), round(fy)), float(round(fx)), float(round(fy))
+        up = _along(_along(slices, 2, round(fx)), 1, round(fy))
+        return up, float(round(fx)), float(round(fy))
     from scipy import ndimage
 
+    volume = slices.transpose(2, 1, 0)
     up = ndimage.zoom(volume, (fx, fy, 1), order=1, mode="grid-constant", grid_mode=True)
-    return up, up.shape[0] / volume.shape[0], up.shape[1] / volume.shape[1]
+    fx_up, fy_up = up.shape[0] / volume.shape[0], up.shape[1] / volume.shape[1]
+    return np.ascontiguousarray(up.transpose(2, 1, 0)), fx_up, fy_up
 
 
 def _component_counts(binary: np.ndarray) -> np.ndarray:
@@ -338,39 +357,63 @@ def _slice_component_count(mask: np.ndarray) -> int:
     return sum(1 for i in range(len(parent)) if root(i) == i)
 
 
-def _row_extremes(binary: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row and slice: whether the row holds a pixel, its first and last pixel (y index)."""
+def _row_extremes(binary: np.ndarray, per_x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per row (fixed x) and slice of y-major ``binary`` (n, ny, nx), from its pixel counts
+    ``per_x`` (nx, n): whether the row holds a pixel, its first and last pixel (y index)."""
     ny = binary.shape[1]
-    any_row = np.asarray(binary.any(axis=1))  # (nx, nz)
-    first = np.argmax(binary, axis=1).astype(float)
-    last = (ny - 1 - np.argmax(binary[:, ::-1, :], axis=1)).astype(float)
+    any_row = per_x > 0
+    first = np.argmax(binary, axis=1).T.astype(float)
+    last = (ny - 1 - np.argmax(binary[:, ::-1, :], axis=1)).T.astype(float)
     return any_row, first, last
 
 
-def _bilinear(padded: np.ndarray, i: np.ndarray, j: np.ndarray, slices: np.ndarray) -> np.ndarray:
+def _bilinear(
+    padded: np.ndarray, i: np.ndarray, j: np.ndarray, slices: np.ndarray, edge_zero: bool = False
+) -> np.ndarray:
     """Bilinear samples of slice ``slices[k]`` at (i, j) (shape (len(slices), ...)), zero
     outside the grid's sample range (``map_coordinates(order=1, mode="constant")``'s values).
 
-    ``padded``: the slices, slice-major (n, nx + 2, ny + 2), with one zero row and column on
-    each side, so that the four neighbours of a clipped point are always in the array: one
-    index computation and four gathers, no per-corner bounds test, no float64 copy."""
-    _, nxp, nyp = padded.shape
+    ``padded``: the slices, y-major (n, ny + 2, nx + 2: ``padded[k, j + 1, i + 1]``), with
+    one zero row and column on each side, so that the four neighbours of a clipped point are
+    always in the array: one index computation and four gathers, no per-corner bounds test,
+    no float64 copy.
+    ``edge_zero``: the outermost rows and columns of every slice are zero, so a clipped
+    point outside the grid reads 0 anyway and the inside test is skipped."""
+    _, nyp, nxp = padded.shape
     nx, ny = nxp - 2, nyp - 2
     flat = padded.reshape(-1)
-    inside = (i >= 0) & (i <= nx - 1) & (j >= 0) & (j <= ny - 1)
-    ic = np.clip(i, -1.0, nx - 1.0)
-    jc = np.clip(j, -1.0, ny - 1.0)
-    i0, j0 = np.floor(ic), np.floor(jc)
-    fi, fj = (ic - i0).astype(np.float32), (jc - j0).astype(np.float32)
-    z = slices.reshape((-1,) + (1,) * (i.ndim - 1)).astype(np.int64)
-    index = (z * nxp + (i0.astype(np.int64) + 1)) * nyp + (j0.astype(np.int64) + 1)
-    v00, v01 = flat[index], flat[index + 1]
-    v10, v11 = flat[index + nyp], flat[index + nyp + 1]
-    low = v00 + (v01 - v00) * fj
-    high = v10 + (v11 - v10) * fj
-    out = low + (high - low) * fi
+    inside = None if edge_zero else (i >= 0) & (i <= nx - 1) & (j >= 0) & (j <= ny - 1)
+    # Indices into ``padded`` (shifted by its border): non-negative, so truncation floors.
+    ti = i + 1.0
+    tj = j + 1.0
+    np.clip(ti, 0.0, float(nx), out=ti)
+    np.clip(tj, 0.0, float(ny), out=tj)
+    i0 = ti.astype(np.int64)
+    index = tj.astype(np.int64)
+    fi = np.subtract(ti, i0, out=ti).astype(np.float32)
+    fj = np.subtract(tj, index, out=tj).astype(np.float32)
+    index *= nxp
+    index += i0
+    index += (slices.astype(np.int64) * (nxp * nyp)).reshape((-1,) + (1,) * (i.ndim - 1))
+    # The four neighbours (i0 or i0 + 1, j0 or j0 + 1): the same index into views of ``flat``
+    # shifted by nxp (j + 1), 1 (i + 1) and nxp + 1.
+    low = np.take(flat, index)
+    v01 = np.take(flat[nxp:], index)
+    high = np.take(flat[1:], index)
+    v11 = np.take(flat[nxp + 1 :], index)
+    v01 -= low  # low + (v01 - low) * fj, in place
+    v01 *= fj
+    low += v01
+    v11 -= high
+    v11 *= fj
+    high += v11
+    high -= low  # low + (high - low) * fi
+    high *= fi
+    high += low
+    if inside is None:
+        return high
     # Points outside the grid's sample range get 0, as map_coordinates' "constant" mode.
-    return np.where(inside, out, np.float32(0.0))
+    return np.where(inside, high, np.float32(0.0))
 
 
 def _hull_pixel_counts(any_row: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -388,25 +431,35 @@ def _hull_pixel_counts(any_row: np.ndarray, first: np.ndarray, last: np.ndarray)
     yhi = np.full((nx, nz), np.inf)
     xlo = np.full(nz, -np.inf)
     xhi = np.full(nz, np.inf)
+    # A row's extreme pixel along (c, s) is its last one for s > 0, its first for s < 0; rows
+    # without pixels are set to -inf / +inf there, so that they never support a line.
+    last_or_none = np.where(any_row, last, -np.inf)
+    first_or_none = np.where(any_row, first, np.inf)
+    buf = np.empty((nx, nz))
     for t in theta:
         c, s = np.cos(t), np.sin(t)
         if abs(c) < 1e-12:
             c = 0.0
         if abs(s) < 1e-12:
             s = 0.0
-        ends = np.maximum(first * s, last * s) + x * c
-        support = np.where(any_row, ends, -np.inf).max(axis=0) + 0.5 * max(abs(c), abs(s))
+        xc = x * c
+        pad = 0.5 * max(abs(c), abs(s))
         if s == 0.0:
+            support = np.where(any_row, 0.0 + xc, -np.inf).max(axis=0) + pad
             if c > 0:
                 xhi = np.minimum(xhi, support / c)
             else:
                 xlo = np.maximum(xlo, support / c)
             continue
-        bound = (support[None, :] - x * c) / s
+        np.multiply(last_or_none if s > 0 else first_or_none, s, out=buf)
+        buf += xc
+        support = buf.max(axis=0) + pad
+        np.subtract(support[None, :], xc, out=buf)
+        buf /= s
         if s > 0:
-            yhi = np.minimum(yhi, bound)
+            np.minimum(yhi, buf, out=yhi)
         else:
-            ylo = np.maximum(ylo, bound)
+            np.maximum(ylo, buf, out=ylo)
     inside_x = (x >= xlo[None, :] - 1e-9) & (x <= xhi[None, :] + 1e-9)
     with np.errstate(invalid="ignore"):
         counts = np.floor(yhi + 1e-9) - np.ceil(ylo - 1e-9) + 1
@@ -426,16 +479,16 @@ def _measured_ap(
 ) -> tuple[np.ndarray, np.ndarray]:
     """SCT 7.4's measured AP extent, vectorised: (length_posterior, length_anterior) in mm.
 
-    ``up``: upsampled soft slices (nx, ny, n); ``centre``: centroid of the thresholded slice
-    (n, 2) in native mm; ``angle``: SCT's rotation (-regionprops orientation, radians) in the
-    measuring plane; ``maps``: slice plane -> measuring plane; ``grid``: (x origin, y origin)
-    of ``up`` in native mm and its pixel sizes; ``extent``: each slice's half-extents (mm)
-    about the centroid in the slice plane. SCT rotates the warped slice about the centroid,
-    averages the rows of a 3 mm RL band through it and sums the profile on each side of the
-    centroid's column; here the same rotated grid points are mapped back to the unwarped
-    slice and read bilinearly. ``offsets`` (n, 2): where SCT's own crop of each slice starts
-    in ``up``'s pixels; SCT rounds the centroid (half to even) in that frame, so a centroid
-    on a half pixel (symmetric cords) rounds the same way as in SCT.
+    ``up``: upsampled soft slices, y-major (n, ny, nx); ``centre``: centroid of the
+    thresholded slice (n, 2) in native mm; ``angle``: SCT's rotation (-regionprops orientation,
+    radians) in the measuring plane; ``maps``: slice plane -> measuring plane; ``grid``: (x
+    origin, y origin) of ``up`` in native mm and its pixel sizes; ``extent``: each slice's
+    half-extents (mm) about the centroid in the slice plane. SCT rotates the warped slice about
+    the centroid, averages the rows of a 3 mm RL band through it and sums the profile on each
+    side of the centroid's column; here the same rotated grid points are mapped back to the
+    unwarped slice and read bilinearly. ``offsets`` (n, 2): where SCT's own crop of each slice
+    starts in ``up``'s pixels; SCT rounds the centroid (half to even) in that frame, so a
+    centroid on a half pixel (symmetric cords) rounds the same way as in SCT.
     """
     ox, oy, ux, uy = grid
     n = len(angle)
@@ -455,8 +508,10 @@ def _measured_ap(
     reach_e = (np.abs(np.einsum("nij,ni->nj", maps, e)) * extent).sum(axis=1)
     radius = int(np.ceil(reach_d.max() / step)) + 3
     radius_rl = int(np.ceil(reach_e.max() / step)) + 3
-    by_slice = np.zeros((n, up.shape[0] + 2, up.shape[1] + 2), np.float32)
-    by_slice[:, 1:-1, 1:-1] = np.moveaxis(up, 2, 0)
+    by_slice = np.zeros((n, up.shape[1] + 2, up.shape[2] + 2), np.float32)
+    by_slice[:, 1:-1, 1:-1] = up
+    edge = (by_slice[:, 1], by_slice[:, -2], by_slice[:, :, 1], by_slice[:, :, -2])
+    edge_zero = not any(side.any() for side in edge)
     # Rotated frame (xc = AP offset, yc = RL offset, pixels) -> measuring plane (mm), as
     # SCT's _rotate_segmentation_by_angle, then back to the slice plane through ``inv`` and
     # to pixel indices of ``up``: an affine map per slice, i = a0 + xc ai + yc bi (j alike).
@@ -478,7 +533,7 @@ def _measured_ap(
             c = cols[start : start + _CHUNK, None, :]
             ii = (i0[w, None, None] + c * ai[w, None, None]) + r * bi[w, None, None]
             jj = (j0[w, None, None] + c * aj[w, None, None]) + r * bj[w, None, None]
-            out[start : start + _CHUNK] = _bilinear(by_slice, ii, jj, w)
+            out[start : start + _CHUNK] = _bilinear(by_slice, ii, jj, w, edge_zero)
         return out
 
     # SCT rounds the centroid of the rotated, thresholded slice; it differs from the
@@ -557,13 +612,16 @@ def slice_metric_arrays(
     columns: dict[str, np.ndarray] = {c: np.full(nz, np.nan) for c in METRIC_COLUMNS}
     n_comp = np.zeros(nz, dtype=int)
 
-    present = seg > NEAR_ZERO
-    if not present.any():
-        return {**columns, "n_components": n_comp}
+    # An integer value is above NEAR_ZERO when it is above 0 (a cheaper comparison).
+    present = np.asarray(seg > 0 if seg.dtype.kind in "biu" else seg > NEAR_ZERO)
     # Crop to the cord's bounding box in x, y plus one empty voxel (the bilinear ramp of the
-    # edge voxels): everything below scales with the cropped size.
-    xs = np.flatnonzero(present.any(axis=(1, 2)))
-    ys = np.flatnonzero(present.any(axis=(0, 2)))
+    # edge voxels): everything below scales with the cropped size. One pass over the volume
+    # (along z, its outermost axis in a NIfTI's memory order), then over one plane.
+    in_plane = np.asarray(present.any(axis=2))
+    if not in_plane.any():
+        return {**columns, "n_components": n_comp}
+    xs = np.flatnonzero(in_plane.any(axis=1))
+    ys = np.flatnonzero(in_plane.any(axis=0))
     x0, y0 = xs[0] - 1, ys[0] - 1
     sub = np.zeros((xs[-1] - xs[0] + 3, ys[-1] - ys[0] + 3, nz), np.float32)
     sub[1:-1, 1:-1, :] = seg[xs[0] : xs[-1] + 1, ys[0] : ys[-1] + 1, :]
@@ -682,7 +740,10 @@ def _shape_metrics(
         cord, origin = _warp_like_sct(cord, tangent, origin)
         mode = "none"
         tangent = np.column_stack([np.zeros((len(tangent), 2)), tangent[:, 2]])
-    up, fx, fy = _upsample_to_pixel(cord, px, py)
+    # Slices y-major (n, ny, nx) from here on, transposed at the native resolution (cheap):
+    # each upsampled slice is contiguous for the moments and the bilinear reads of the AP
+    # profile, and the sums over y run in the same order as on the (nx, ny, n) array.
+    up, fx, fy = _upsample_to_pixel(np.ascontiguousarray(cord.transpose(2, 1, 0)), px, py)
     # Where SCT's crop of each slice starts (its bounding box above 1e-6, less 3 voxels,
     # clipped at the image edge), in pixels of ``up`` (integer factors only).
     present = cord > NEAR_ZERO
@@ -697,12 +758,13 @@ def _shape_metrics(
     binary = up > 0.5
     # Upsampled pixel centres in native mm, origin at the centre of the slice's voxel (0, 0).
     ox, oy = (origin[0] - 0.5) * px, (origin[1] - 0.5) * py
-    x_mm = ox + (np.arange(binary.shape[0]) + 0.5) * ux
+    x_mm = ox + (np.arange(binary.shape[2]) + 0.5) * ux
     y_mm = oy + (np.arange(binary.shape[1]) + 0.5) * uy
     # Moments from axis sums (no coordinate lists: the upsampled volume has ~10^7 voxels).
     weights = binary.astype(np.float32)
-    per_x = weights.sum(axis=1)  # (nx_up, n)
-    per_y = weights.sum(axis=0)  # (ny_up, n)
+    # (nx_up, n) and (ny_up, n), C order: the products below then sum as on (nx, ny, n).
+    per_x = np.ascontiguousarray(weights.sum(axis=1).T)
+    per_y = np.ascontiguousarray(weights.sum(axis=2).T)
     n_bin = per_x.sum(axis=0).astype(float)
     ok = n_bin > 0
     xr, yr = x_mm - x_mm.mean(), y_mm - y_mm.mean()  # centred for precision
@@ -711,7 +773,7 @@ def _shape_metrics(
         my = yr @ per_y / n_bin
         cxx = (xr**2) @ per_x / n_bin - mx**2
         cyy = (yr**2) @ per_y / n_bin - my**2
-        cxy = xr @ np.einsum("xyz,y->xz", weights, yr) / n_bin - mx * my
+        cxy = xr @ np.ascontiguousarray(np.einsum("zyx,y->xz", weights, yr)) / n_bin - mx * my
     cov = np.stack([np.stack([cxx, cxy], -1), np.stack([cxy, cyy], -1)], -2)
     maps = _perpendicular_maps(tangent, mode)
     cov = np.einsum("nij,njk,nlk->nil", maps, cov, maps)
@@ -731,7 +793,7 @@ def _shape_metrics(
     # of the rounding noise in b.
     orient = np.where((np.abs(b) <= tiny) & (a - c < -tiny), np.pi / 2, orient)
     along_rl = np.abs(np.degrees(orient)) < 45.0
-    any_row, first, last = _row_extremes(binary)
+    any_row, first, last = _row_extremes(binary, per_x)
     with np.errstate(invalid="ignore", divide="ignore"):
         eccentricity = np.sqrt(1 - lam2 / lam1)
         solidity = n_bin / _hull_pixel_counts(any_row, first, last)
@@ -740,8 +802,8 @@ def _shape_metrics(
         good = np.flatnonzero(ok)
         # Half-extents of each slice's bounding box about its centroid (mm), plus the voxel
         # of soft ramp around the thresholded mask.
-        any_col = binary.any(axis=0)  # (ny_up, n)
-        ix = np.arange(binary.shape[0])[:, None]
+        any_col = per_y > 0  # (ny_up, n)
+        ix = np.arange(binary.shape[2])[:, None]
         iy = np.arange(binary.shape[1])[:, None]
         big = 10**9
         xlo = np.where(any_row, ix, big).min(axis=0)[good]
@@ -757,7 +819,7 @@ def _shape_metrics(
             ]
         )
         post, ant = _measured_ap(
-            up[:, :, good],
+            up if len(good) == len(up) else up[good],
             centre[good],
             -orient[good],
             maps[good],

@@ -141,9 +141,11 @@ def load_segmentation(path: str | Path) -> Volume:
     """A cord segmentation: binary or soft, values in [0, 1], not empty."""
     vol = load_volume(path)
     data = vol.data
-    if data.size == 0 or not np.any(data > 0):
+    # Two reductions, no temporary (load_volume refused NaN): empty means no voxel above 0.
+    hi = float(data.max()) if data.size else 0.0
+    if hi <= 0:
         raise InputError("segmentation is empty (no voxel above 0)", path)
-    lo, hi = float(data.min()), float(data.max())
+    lo = float(data.min())
     if lo < 0 or hi > 1:
         raise InputError(
             f"segmentation values must lie in [0, 1], found [{lo:g}, {hi:g}] "
@@ -172,9 +174,9 @@ def load_labels(path: str | Path, like: Volume) -> Volume:
         if np.any(np.abs(data - np.rint(data)) > 1e-3):
             raise InputError("label values must be integers", path)
         data = np.rint(data)
-    if data.min() < 0:
+    if data.dtype.kind != "u" and data.min() < 0:
         raise InputError("label values must not be negative", path)
-    if not np.any(data > 0):
+    if not data.max() > 0:  # no voxel above 0 (the values are not negative)
         raise InputError("label image is empty", path)
     if data.dtype.kind == "f":
         data = data.astype(np.int32)
