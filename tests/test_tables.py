@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from pathlib import Path
 
@@ -20,22 +21,24 @@ GOLDEN = Path(__file__).parent / "data" / "compare_normative_golden.json"
 
 def shrunk_copy(src: Path, dst: Path, *, factor: float = 0.98, seed: int = 14) -> Path:
     """Copy every CSV of ``src`` to ``dst`` with area x ``factor`` and the diameters x
-    sqrt(factor), times a seeded per-subject (0.5 %) and per-slice (1 %) log-normal noise: a
-    candidate model that measures every cord ~2 % smaller. Other cells stay byte-identical."""
+    sqrt(factor), times a seeded per-subject (+-0.5 %) and per-slice (+-1 %) uniform noise: a
+    candidate model that measures every cord ~2 % smaller. Other cells stay byte-identical.
+    Only IEEE-exact operations (uniform draws, +, *, sqrt): np.exp's last bit differs between
+    CPUs (numpy's SIMD paths), and the golden digests are of these values' repr."""
     rng = np.random.default_rng(seed)
     dst.mkdir(parents=True, exist_ok=True)
     scale = {
         "MEAN(area)": factor,
-        "MEAN(diameter_AP)": factor**0.5,
-        "MEAN(diameter_RL)": factor**0.5,
+        "MEAN(diameter_AP)": math.sqrt(factor),
+        "MEAN(diameter_RL)": math.sqrt(factor),
     }
     for path in sorted(src.glob("*.csv")):
         with path.open(newline="") as fh:
             rows = list(csv.reader(fh))
         header, body = rows[0], rows[1:]
         cols = [header.index(c) for c in scale]
-        subject = float(np.exp(rng.normal(0.0, 0.005)))
-        noise = np.exp(rng.normal(0.0, 0.01, size=(len(body), len(cols))))
+        subject = 1.0 + 0.01 * (float(rng.random()) - 0.5)
+        noise = 1.0 + 0.02 * (rng.random(size=(len(body), len(cols))) - 0.5)
         for i, row in enumerate(body):
             for j, col in enumerate(cols):
                 if row[col] != "":
