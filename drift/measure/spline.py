@@ -124,6 +124,34 @@ def _fprati(
     return p, p1, f1, p3, f3
 
 
+def _next_p(p2: float, f2: float, acc: float, bracket: list[float]) -> float:
+    """fpcurf's next p after f(p2) = f2 (= fp - s), with FITPACK's operations in its order;
+    ``bracket`` = [p1, f1, p3, f3, ich1, ich3] is updated in place."""
+    p1, f1, p3, f3, ich1, ich3 = bracket
+    p = p2
+    if ich3 == 0 and not f2 - f3 > acc:  # the initial p is too large
+        p3, f3 = p2, f2
+        p = p * 0.04
+        if p <= p1:
+            p = p1 * 0.9 + p2 * 0.1
+    else:
+        if ich3 == 0 and f2 < 0.0:
+            ich3 = 1
+        if ich1 == 0 and not f1 - f2 > acc:  # the initial p is too small
+            p1, f1 = p2, f2
+            p = p / 0.04
+            if p3 >= 0.0 and p >= p3:
+                p = p2 * 0.1 + p3 * 0.9
+        else:
+            if ich1 == 0 and f2 > 0.0:
+                ich1 = 1
+            if f2 >= f1 or f2 <= f3:
+                raise ValueError("smoothing spline: the iteration on p does not converge (ier=10)")
+            p, p1, f1, p3, f3 = _fprati(p1, f1, p2, f2, p3, f3)
+    bracket[:] = [p1, f1, p3, f3, ich1, ich3]
+    return p
+
+
 def _knots(xb: float, xe: float, interior: list[float], k: int) -> np.ndarray:
     return np.array([xb] * (k + 1) + interior + [xe] * (k + 1), dtype=float)
 
@@ -229,11 +257,10 @@ def _smoothing_spline(
     # Part 2: the smoothing spline sp(x) on these knots, p such that f(p) = s.
     nk1 = n - k1
     b = _discontinuities(t, k)
-    p1, f1, p3, f3 = 0.0, fp0 - s, -1.0, fpms
+    bracket = [0.0, fp0 - s, -1.0, fpms, 0.0, 0.0]  # p1, f1, p3, f3, ich1, ich3
     # FITPACK's first p: nk1 / the sum of the diagonal of the triangularised observation
     # matrix (its Givens rotations keep that diagonal positive).
     p = nk1 / float(np.abs(np.diag(r)).sum())
-    ich1 = ich3 = 0
     rhs = np.concatenate([z, np.zeros(len(b))])
     for it in range(1, MAXIT + 1):
         # The rows of b, weighted 1/p, appended to the triangularised system (FITPACK
@@ -243,32 +270,7 @@ def _smoothing_spline(
         fpms = fp - s
         if abs(fpms) < acc or it == MAXIT:
             break
-        p2, f2 = p, fpms
-        if ich3 == 0:
-            if not f2 - f3 > acc:
-                # the initial p is too large
-                p3, f3 = p2, f2
-                p = p * 0.04
-                if p <= p1:
-                    p = p1 * 0.9 + p2 * 0.1
-                continue
-            if f2 < 0:
-                ich3 = 1
-        if ich1 == 0:
-            if not f1 - f2 > acc:
-                # the initial p is too small
-                p1, f1 = p2, f2
-                p = p / 0.04
-                if p3 < 0:
-                    continue
-                if p >= p3:
-                    p = p2 * 0.1 + p3 * 0.9
-                continue
-            if f2 > 0:
-                ich1 = 1
-        if f2 >= f1 or f2 <= f3:
-            raise ValueError("smoothing spline: the iteration on p does not converge (ier=10)")
-        p, p1, f1, p3, f3 = _fprati(p1, f1, p2, f2, p3, f3)
+        p = _next_p(p, fpms, acc, bracket)
     return t, _padded(c, n), k
 
 
@@ -571,12 +573,11 @@ def fitpack_spline(
         return _tck(t, c, n, k)
     # part 2: the smoothing spline on these knots, p such that f(p) = s
     b = _disc_rows(t, n, k2)
-    p1, f1, p3, f3 = 0.0, fp0 - s, -1.0, fpms
+    bracket = [0.0, fp0 - s, -1.0, fpms, 0.0, 0.0]  # p1, f1, p3, f3, ich1, ich3
     p = 0.0
     for i in range(1, nk1 + 1):
         p = p + a[i][1]
     p = float(nk1) / p
-    ich1 = ich3 = 0
     n8 = n - nmin
     for iteration in range(1, MAXIT + 1):
         pinv = 1.0 / p
@@ -611,30 +612,7 @@ def fitpack_spline(
         fpms = fp - s
         if abs(fpms) < acc or iteration == MAXIT:
             break
-        p2, f2 = p, fpms
-        if ich3 == 0:
-            if not f2 - f3 > acc:  # the initial p is too large
-                p3, f3 = p2, f2
-                p = p * 0.04
-                if p <= p1:
-                    p = p1 * 0.9 + p2 * 0.1
-                continue
-            if f2 < 0.0:
-                ich3 = 1
-        if ich1 == 0:
-            if not f1 - f2 > acc:  # the initial p is too small
-                p1, f1 = p2, f2
-                p = p / 0.04
-                if p3 < 0.0:
-                    continue
-                if p >= p3:
-                    p = p2 * 0.1 + p3 * 0.9
-                continue
-            if f2 > 0.0:
-                ich1 = 1
-        if f2 >= f1 or f2 <= f3:
-            raise ValueError("smoothing spline: the iteration on p does not converge (ier=10)")
-        p, p1, f1, p3, f3 = _fprati(p1, f1, p2, f2, p3, f3)
+        p = _next_p(p, fpms, acc, bracket)
     return _tck(t, c, n, k)
 
 
