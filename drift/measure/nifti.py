@@ -70,7 +70,10 @@ def check_data_size(img: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> None:
             f"header claims {'x'.join(map(str, shape))} = {voxels} voxels (limit {MAX_VOXELS})",
             path,
         )
-    needed = int(header.get_data_offset()) + voxels * dtype.itemsize
+    # A loaded image's header says offset 0 (nibabel recomputes it on save); the proxy knows.
+    offset = getattr(img.dataobj, "offset", None)
+    offset = header.get_data_offset() if offset is None else offset
+    needed = int(offset) + voxels * dtype.itemsize
     isize = _gzip_size_mod_32(path)
     if isize is None:
         have = path.stat().st_size
@@ -85,6 +88,58 @@ def check_data_size(img: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> None:
             f"{dtype} data, the {kind} size is {have}",
             path,
         )
+
+
+#: Decompressed bytes per step of :func:`_read_gzip_raw`: small enough to stay in the cache.
+_GZIP_STEP = 1 << 20
+
+
+def _read_gzip_raw(img: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> np.ndarray | None:
+    """The unscaled data of a ``.nii.gz`` decompressed straight into their final array.
+
+    nibabel's gzip read makes the whole stream a bytes object and then copies it, two passes
+    over memory that fall out of the cache on long volumes (4x the slices read 5-6x slower);
+    here zlib writes 1 MiB at a time into one preallocated buffer. The array is what
+    ``np.asanyarray(img.dataobj)`` returns: the header's dtype and byte order, the file's
+    (Fortran) order, every member of a multi-member gzip. The CRC-32 of the member holding the
+    data's end is checked too (nibabel reads the bytes it needs and stops short of it). None
+    for anything else (plain ``.nii``, which nibabel maps; scaled data, which nibabel
+    scales): nibabel reads those.
+    """
+    proxy = img.dataobj
+    if not isinstance(proxy, nib.arrayproxy.ArrayProxy) or _gzip_size_mod_32(path) is None:
+        return None
+    if proxy.slope != 1 or proxy.inter != 0:
+        return None
+    dtype, shape, order = np.dtype(proxy.dtype), tuple(proxy.shape), proxy.order
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes, np.uint8)
+    view = memoryview(buf)
+    skip, pos = int(proxy.offset), 0  # header bytes still to drop, data bytes written
+    inflate = zlib.decompressobj(wbits=31)
+    with open(path, "rb", buffering=0) as fh:
+        while pos < nbytes:
+            chunk = inflate.unconsumed_tail
+            if not chunk and inflate.eof:  # end of a member: the next one, if any
+                chunk, inflate = inflate.unused_data, zlib.decompressobj(wbits=31)
+            chunk = chunk or fh.read(1 << 16)
+            out = memoryview(inflate.decompress(chunk, _GZIP_STEP) if chunk else inflate.flush())
+            if not out and not chunk:
+                raise EOFError(
+                    f"truncated: the gzip stream ends after {pos} of {nbytes} data bytes"
+                )
+            if skip:
+                dropped = min(skip, len(out))
+                out, skip = out[dropped:], skip - dropped
+            take = min(len(out), nbytes - pos)
+            view[pos : pos + take] = out[:take]
+            pos += take
+        while not inflate.eof:  # on to the member's trailer: its CRC-32 and size are checked
+            chunk = inflate.unconsumed_tail or fh.read(1 << 16)
+            if not chunk:
+                raise EOFError("truncated: the gzip stream ends before its trailer")
+            inflate.decompress(chunk, _GZIP_STEP)
+    return np.ndarray(shape, dtype=dtype, buffer=buf, order=order)
 
 
 @dataclass(frozen=True)
@@ -112,7 +167,9 @@ def load_volume(path: str | Path) -> Volume:
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise InputError(f"not a NIfTI image ({type(img).__name__})", path)
         check_data_size(img, path)
-        data = np.asanyarray(img.dataobj)
+        data = _read_gzip_raw(img, path)
+        if data is None:
+            data = np.asanyarray(img.dataobj)
     except nib.filebasedimages.ImageFileError as err:
         raise InputError("not a NIfTI image", path) from err
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as err:
