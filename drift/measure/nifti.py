@@ -114,7 +114,7 @@ def _read_gzip_raw(img: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> np.nda
     dtype, shape, order = np.dtype(proxy.dtype), tuple(proxy.shape), proxy.order
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     buf = np.empty(nbytes, np.uint8)
-    view = memoryview(buf)
+    view = buf.data  # a writable memoryview of the buffer
     skip, pos = int(proxy.offset), 0  # header bytes still to drop, data bytes written
     inflate = zlib.decompressobj(wbits=31)
     with open(path, "rb", buffering=0) as fh:
