@@ -7,6 +7,7 @@ iterations, 13 min of wall time on a free core)::
     python -m models.recipes.train_demo train demo-biased
     python -m models.recipes.train_demo train demo-good-seed2
     python -m models.recipes.train_demo train demo-sct-crop   # after demo-good: fine-tunes it
+    python -m models.recipes.train_demo train demo-sct-crop-local   # from scratch, ~40 min
     python -m models.recipes.train_demo evaluate        # numbers for the model cards
 
 ``train`` drives nnU-Net's own pipeline, unchanged except for its size: it writes the phantom
@@ -89,6 +90,13 @@ class Recipe:
     image_orientation: str | None = None
     # Start from this demo model's weights (fine-tuning) instead of nnU-Net's random init.
     init_from: str | None = None
+    # Downsample in-plane too (nnU-Net's default) or along z only (a network whose in-plane
+    # output does not depend on where a tile starts modulo its stride).
+    inplane_stride: bool = True
+    # Feature normalisation: nnU-Net's "instance" (statistics of each patch) or "batch"
+    # (running statistics at inference: a prediction that does not depend on the rest of
+    # the tile).
+    norm: str = "instance"
 
 
 RECIPES = {
@@ -128,6 +136,25 @@ RECIPES = {
             init_from="demo-sct-crop-stage1",
             channel="MRI",
             patch_size=(32, 32, 32),
+            crops=3,
+            crop_pad_mm=(13.0, 20.0),
+            sct_paddings=tuple((k, 13.0) for k in SCT_PAD_KEYS),
+            image_orientation="RPI",
+        ),
+        # The same SCT package layout with a network whose answer at a voxel depends only on
+        # the 21-voxel in-plane neighbourhood around it (issue 10): downsampling along z only,
+        # batch norm (fixed statistics at inference) instead of instance norm, raw intensities
+        # ("noNorm") instead of a z-score per crop, and a 48-voxel patch that holds the whole
+        # axial view. A 13 mm padding is more than the 10-voxel reach, so around the cord a
+        # crop and the whole image give the network the same input (model card).
+        Recipe(
+            name="demo-sct-crop-local",
+            labels="gt",
+            seed=1,
+            epochs=50,
+            channel="noNorm",
+            norm="batch",
+            inplane_stride=False,
             crops=3,
             crop_pad_mm=(13.0, 20.0),
             sct_paddings=tuple((k, 13.0) for k in SCT_PAD_KEYS),
@@ -225,10 +252,14 @@ def tiny_plans(plans: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
         n_stages=n_stages,
         features_per_stage=list(recipe.features),
         kernel_sizes=[[3, 3, 3]] * n_stages,
-        strides=[[1, 1, 1]] + [[2, 2, 2]] * (n_stages - 1),
+        strides=[[1, 1, 1]] + [[2, 2, 2] if recipe.inplane_stride else [2, 1, 1]] * (n_stages - 1),
         n_conv_per_stage=[2] * n_stages,
         n_conv_per_stage_decoder=[2] * (n_stages - 1),
     )
+    if recipe.norm == "batch":
+        arch["norm_op"] = "torch.nn.modules.batchnorm.BatchNorm3d"
+    elif recipe.norm != "instance":
+        raise ValueError(f"unknown norm {recipe.norm!r}")
     config.update(
         patch_size=list(recipe.patch_size),
         batch_size=recipe.batch_size,
