@@ -73,7 +73,9 @@ def table_fingerprint(table) -> dict:
     rows = np.arange(1, len(table) + 1, dtype=float)
     for col in table.columns:
         series = table[col]
-        if series.dtype.kind == "f":
+        values = series.tolist()
+        floats = bool(values) and all(isinstance(v, float) for v in values)  # object columns too
+        if series.dtype.kind == "f" or floats:
             x = series.to_numpy(dtype=float)
             ok = np.isfinite(x)
             ax, w = np.abs(x[ok]), rows[ok]
@@ -81,7 +83,7 @@ def table_fingerprint(table) -> dict:
             counts = [int(np.isnan(x).sum()), int(np.isinf(x).sum())]
             out["values"][str(col)] = counts + [float(v) for v in sums]
         else:
-            text = "\n".join(map(repr, series.tolist())).encode()
+            text = "\n".join(map(repr, values)).encode()
             out["values"][str(col)] = hashlib.sha256(text).hexdigest()
     return out
 
